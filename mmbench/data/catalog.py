@@ -1,0 +1,77 @@
+"""The datasets mmbench can prepare: where their raw files come from, how to read them, and the
+published statistics a prepared copy is checked against. One entry per dataset, in `DATASETS`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mmbench.registry import Registry
+
+SplitReader = Callable[[Path, str], "tuple[list[dict], list[Path]]"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    title: str
+    source: str  # where a user gets the raw files (shown in errors and README)
+    read_split: SplitReader
+    write_synthetic: Callable[[Path, Path], None]  # (raw_dir, images_dir)
+    published_counts: dict[str, int]
+    label_names: tuple[str, ...]
+    published_label_counts: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    splits: tuple[str, ...] = ("train", "dev", "test")
+    # optional extra step (e.g. indexing region features) run after the rows are read
+    prepare_extra: Callable[..., dict] | None = None
+
+
+def _tombert_reader(raw_dir: Path, split: str):
+    from mmbench.data.formats.tombert import read_split
+
+    return read_split(raw_dir, split)
+
+
+def _tombert_synthetic(raw_dir: Path, images_dir: Path) -> None:
+    from mmbench.data.synthetic import write_twitter
+
+    write_twitter(raw_dir, images_dir)
+
+
+_TOMBERT_SOURCE = (
+    "TomBERT's absa_data (https://github.com/jefferyYu/TomBERT: {folder}/{{train,dev,test}}.tsv or .txt); "
+    "images from the Google Drive link in TomBERT's README (IJCAI2019_data/{images})"
+)
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+DATASETS.register(
+    "twitter15",
+    DatasetSpec(
+        name="twitter15",
+        title="Twitter-2015 (TMSC)",
+        source=_TOMBERT_SOURCE.format(folder="absa_data/twitter2015", images="twitter2015_images"),
+        read_split=_tombert_reader,
+        write_synthetic=_tombert_synthetic,
+        published_counts={"train": 3179, "dev": 1122, "test": 1037},
+        published_label_counts={"train": (368, 1883, 928)},
+        label_names=("negative", "neutral", "positive"),
+    ),
+)
+DATASETS.register(
+    "twitter17",
+    DatasetSpec(
+        name="twitter17",
+        title="Twitter-2017 (TMSC)",
+        source=_TOMBERT_SOURCE.format(folder="absa_data/twitter", images="twitter2017_images"),
+        read_split=_tombert_reader,
+        write_synthetic=_tombert_synthetic,
+        published_counts={"train": 3562, "dev": 1176, "test": 1234},
+        published_label_counts={"train": (416, 1638, 1508)},
+        label_names=("negative", "neutral", "positive"),
+    ),
+)
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    return DATASETS.get(name)

@@ -1,0 +1,157 @@
+"""`mmbench prepare`: raw upstream files → a prepared dataset (Hugging Face `datasets` on disk) and a
+manifest (sha256 of each raw file, counts per split and label, mmbench version). Counts are checked
+against the published statistics. The output appears whole or not at all (temp dir + rename)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from mmbench import __version__
+from mmbench.data.catalog import DatasetSpec, get_dataset
+from mmbench.data.images import safe_image_path
+from mmbench.errors import DataError
+from mmbench.paths import data_root
+
+MANIFEST = "manifest.json"
+
+
+def prepared_dir(name: str, synthetic: bool, root: Path | None = None) -> Path:
+    return (root or data_root()) / "prepared" / (f"{name}-synthetic" if synthetic else name)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def label_counts(rows: list[dict], n_labels: int) -> list[int]:
+    counts = Counter(row["label"] for row in rows)
+    return [counts.get(i, 0) for i in range(n_labels)]
+
+
+def check_counts(spec: DatasetSpec, counts: dict[str, int], labels: dict[str, list[int]]) -> list[str]:
+    problems = []
+    for split, expected in spec.published_counts.items():
+        if counts.get(split) != expected:
+            problems.append(f"{split}: {counts.get(split)} examples, published {expected}")
+    for split, expected in spec.published_label_counts.items():
+        if tuple(labels.get(split, ())) != tuple(expected):
+            problems.append(f"{split} labels {labels.get(split)}, published {list(expected)}")
+    return problems
+
+
+def _quiet_datasets() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+
+
+def prepare(
+    name: str,
+    raw: Path | None = None,
+    images: Path | None = None,
+    out: Path | None = None,
+    synthetic: bool = False,
+    allow_count_mismatch: bool = False,
+) -> dict:
+    """Prepare one dataset; returns its manifest."""
+    from datasets import Dataset, DatasetDict
+
+    _quiet_datasets()
+    spec = get_dataset(name)
+    out = out or prepared_dir(name, synthetic)
+    if synthetic:
+        raw = raw or data_root() / "raw" / f"{name}-synthetic"
+        images = images or raw / "images"
+        if not raw.exists():
+            spec.write_synthetic(raw, images)
+    raw = raw or data_root() / "raw" / name
+    if not raw.is_dir():
+        raise DataError(f"{raw}: raw data for {name} not found; get it from {spec.source} and pass --raw DIR")
+    images = images or data_root() / "images" / name
+
+    splits, files = {}, {}
+    for split in spec.splits:
+        rows, read = spec.read_split(raw, split)
+        splits[split] = rows
+        for path in read:
+            files[str(path.relative_to(raw))] = sha256_file(path)
+    counts = {split: len(rows) for split, rows in splits.items()}
+    labels = {split: label_counts(rows, len(spec.label_names)) for split, rows in splits.items()}
+    problems = [] if synthetic else check_counts(spec, counts, labels)
+    if problems and not allow_count_mismatch:
+        raise DataError(f"{raw}: counts differ from the published statistics ({'; '.join(problems)}); "
+                        "pass --allow-count-mismatch to prepare anyway")
+    missing = _count_missing_images(images, splits)
+
+    manifest = {
+        "dataset": name,
+        "synthetic": synthetic,
+        "mmbench_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "raw_dir": str(raw),
+        "images_root": str(images),
+        "raw_files": files,
+        "counts": counts,
+        "label_counts": labels,
+        "label_names": list(spec.label_names),
+        "published_counts": spec.published_counts,
+        "count_check": "synthetic (not checked)" if synthetic else ("ok" if not problems else "mismatch allowed: " + "; ".join(problems)),
+        "missing_images": missing,
+    }
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()}).save_to_disk(str(tmp / "dataset"))
+        if spec.prepare_extra is not None:
+            manifest["extra"] = spec.prepare_extra(raw=raw, out=tmp, images=images, splits=splits, synthetic=synthetic)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _count_missing_images(images: Path, splits: dict[str, list[dict]]) -> dict[str, int] | None:
+    if not images.is_dir():
+        return None  # images are optional at prepare time (text-only methods never read them)
+    missing = {}
+    for split, rows in splits.items():
+        ids = {row["image_id"] for row in rows if row.get("image_id")}
+        missing[split] = sum(not safe_image_path(images, image_id).exists() for image_id in ids)
+    return missing
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_prepared(name: str, synthetic: bool = False, root: Path | None = None, auto_synthetic: bool = True):
+    """The prepared DatasetDict and its manifest; synthetic data is prepared on first use."""
+    from datasets import load_from_disk
+
+    _quiet_datasets()
+    path = prepared_dir(name, synthetic, root)
+    if not (path / MANIFEST).exists():
+        if synthetic and auto_synthetic:
+            prepare(name, synthetic=True, out=path)
+        else:
+            raise DataError(f"{path}: {name} is not prepared; run `mmbench prepare {name} --raw DIR` first "
+                            f"(raw files: {get_dataset(name).source})")
+    manifest = json.loads((path / MANIFEST).read_text())
+    return load_from_disk(str(path / "dataset")), manifest

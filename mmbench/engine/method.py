@@ -1,0 +1,135 @@
+"""The small interface every paper's method implements. The engine drives it and never knows a
+paper's name: alternating optimisers (ITM), bi-level updates (CMCS), conditional second steps
+(SPP-SCL) and staged training (DCPA) all live inside a method's `train_step`.
+
+A method:
+- `setup()`: turn the prepared splits into examples (tokenised, features looked up, ...);
+- `build_model()`: an `nn.Module` (frozen parts included: checkpoints hold everything);
+- `train_batches(epoch)` / `eval_batches(split)`: this rank's batches (defaults use `collate`);
+- `train_step(model, batch, step)`: forward, `step.backward(loss)`, `step.optimizer_step(name)`;
+  returns floats to log;
+- `predict(model, batch)`: one dict per example with its `index` in the split;
+- `metrics(predictions, split)`: a flat dict of floats (×100 for percentages).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+import torch
+from pydantic import BaseModel
+
+from mmbench.engine.batching import epoch_batches, eval_shard, rank_slice
+from mmbench.engine.runtime import World
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    world: World
+    seed: int
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+@dataclass
+class StepControl:
+    """What a train_step may do to the optimisers: the engine owns clipping and schedules."""
+
+    model: torch.nn.Module
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]
+    grad_clip: float | None
+    grad_clip_mode: str
+    ctx: RunContext
+    epoch: int = 0
+    global_step: int = 0
+    logs: dict[str, float] = field(default_factory=dict)
+
+    def autocast(self):
+        return self.ctx.autocast()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def optimizer_step(self, name: str = "main", parameters=None) -> None:
+        optimizer = self.optimizers[name]
+        params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
+        if self.grad_clip is not None:
+            if self.grad_clip_mode == "per_tensor":
+                for p in params:
+                    if p.grad is not None:
+                        torch.nn.utils.clip_grad_norm_(p, self.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        optimizer.step()
+        self.schedulers[name].step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+class Method:
+    Config: ClassVar[type[BaseModel]]
+    optimizer_names: ClassVar[tuple[str, ...]] = ("main",)
+    supports_ddp: ClassVar[bool] = True
+
+    def __init__(self, recipe, config: BaseModel, data, manifest: dict, ctx: RunContext):
+        self.recipe = recipe  # the validated Recipe (train/data sections)
+        self.config = config  # this method's validated `model:` section
+        self.data = data  # prepared DatasetDict
+        self.manifest = manifest
+        self.ctx = ctx
+        self.examples: dict[str, list[Any]] = {}
+
+    # -- data -----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def collate(self, examples: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def num_examples(self, split: str) -> int:
+        return len(self.examples[split])
+
+    def train_batches(self, epoch: int) -> Iterator[Any]:
+        train = self.recipe.train
+        plan = epoch_batches(len(self.examples["train"]), train.batch_size, self.ctx.seed, epoch, train.shuffle, train.drop_last)
+        for batch in plan:
+            mine = rank_slice(batch, self.ctx.world)
+            if mine:
+                yield self.collate([self.examples["train"][i] for i in mine])
+
+    def steps_per_epoch(self) -> int:
+        train = self.recipe.train
+        return len(epoch_batches(self.num_examples("train"), train.batch_size, 0, 0, False, train.drop_last))
+
+    def eval_batches(self, split: str) -> Iterator[Any]:
+        indices = eval_shard(len(self.examples[split]), self.ctx.world)
+        size = self.recipe.train.eval_batch_size or self.recipe.train.batch_size
+        for start in range(0, len(indices), size):
+            yield self.collate([self.examples[split][i] for i in indices[start : start + size]])
+
+    # -- model ----------------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def parameters_for(self, model: torch.nn.Module, optimizer_name: str):
+        """Named parameters an optimiser updates (default: all trainable ones)."""
+        return model.named_parameters()
+
+    def train_step(self, model: torch.nn.Module, batch: Any, step: StepControl) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, model: torch.nn.Module, batch: Any) -> list[dict]:
+        raise NotImplementedError
+
+    def metrics(self, predictions: list[dict], split: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for methods whose behaviour changes by epoch (e.g. staged training)."""

@@ -1,0 +1,218 @@
+"""One training loop for every method: epochs, dev-metric model selection, `best`/`last`
+checkpoints, `--resume`, per-epoch JSONL log, final evaluation and the run's metrics.json."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mmbench.engine.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
+from mmbench.engine.method import Method, RunContext, StepControl
+from mmbench.engine.optim import build_optimizer, build_scheduler
+from mmbench.engine.runtime import World, barrier, gather_objects, init_world, pick_device, pick_precision, seed_everything
+from mmbench.errors import MmbenchError
+from mmbench.results import store
+
+# Test hook: raise after this many optimiser-loop steps, to prove that --resume recovers a killed run.
+CRASH_ENV = "MMBENCH_CRASH_AFTER_STEPS"
+
+
+@dataclass
+class Session:
+    method: Method
+    model: torch.nn.Module
+    ctx: RunContext
+    manifest: dict
+
+
+def build_session(resolved, seed: int, device: str | None = None, world: World | None = None) -> Session:
+    from mmbench.data.prepare import load_prepared
+    from mmbench.methods import method_registry
+
+    recipe = resolved.recipe
+    world = world or init_world(device)
+    seed_everything(seed)
+    dev = pick_device(device, world.local_rank)
+    ctx = RunContext(device=dev, autocast_dtype=pick_precision(recipe.train.precision, dev), world=world, seed=seed)
+    data, manifest = load_prepared(recipe.dataset, synthetic=recipe.data.synthetic)
+    if recipe.data.subset is not None:
+        data = {split: ds.select(range(min(recipe.data.subset, len(ds)))) for split, ds in data.items()}
+    method_cls = method_registry.get(recipe.method)
+    if world.distributed and not method_cls.supports_ddp:
+        raise MmbenchError(f"method {recipe.method} does not support torchrun/DDP; run it in one process")
+    method = method_cls(recipe, resolved.model_config, data, manifest, ctx)
+    method.setup()
+    model = method.build_model().to(dev)
+    return Session(method, model, ctx, manifest)
+
+
+def _better(value: float, best: float | None, mode: str, ties_to_later: bool) -> bool:
+    if best is None:
+        return True
+    if ties_to_later and value == best:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def evaluate(session: Session, model: torch.nn.Module, split: str) -> tuple[dict, list[dict]]:
+    model.eval()
+    predictions: list[dict] = []
+    with torch.no_grad(), session.ctx.autocast():
+        for batch in session.method.eval_batches(split):
+            predictions.extend(session.method.predict(model, batch))
+    predictions = sorted(gather_objects(session.ctx.world, predictions), key=lambda p: p["index"])
+    if len(predictions) != session.method.num_examples(split):
+        raise MmbenchError(f"{split}: {len(predictions)} predictions for {session.method.num_examples(split)} examples")
+    return session.method.metrics(predictions, split), predictions
+
+
+def fit(resolved, seed: int, root: Path | None = None, resume: bool = False, device: str | None = None,
+        log: Callable[[str], None] = print) -> dict:
+    started = time.time()
+    session = build_session(resolved, seed, device)
+    method, model, ctx = session.method, session.model, session.ctx
+    train = resolved.recipe.train
+    out = store.run_dir(resolved, seed, root)
+    ckpt_dir = out / "checkpoints"
+    is_main = ctx.world.is_main
+
+    steps_per_epoch = method.steps_per_epoch()
+    total_steps = steps_per_epoch * train.epochs
+    optimizers = {name: build_optimizer(method.parameters_for(model, name), train.optimizers[name]) for name in method.optimizer_names}
+    schedulers = {name: build_scheduler(opt, train.optimizers[name].schedule, total_steps, steps_per_epoch)
+                  for name, opt in optimizers.items()}
+    wrapped = model
+    if ctx.world.distributed:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
+
+    loop = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0}
+    if resume and (ckpt_dir / "last.pt").exists():
+        loop = load_checkpoint(ckpt_dir / "last.pt", model, optimizers, schedulers, restore_rng=True, map_location=ctx.device)
+        log(f"resumed {out} at epoch {loop['epoch']}")
+    history = [row for row in store.read_jsonl(out / "log.jsonl") if row["epoch"] < loop["epoch"]]
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        store.atomic_write_text(out / "recipe.yaml", _yaml(resolved))
+        store.write_jsonl(out / "log.jsonl", history)
+
+    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+    control = StepControl(wrapped, optimizers, schedulers, train.grad_clip, train.grad_clip_mode, ctx)
+    for epoch in range(loop["epoch"], train.epochs):
+        epoch_start = time.time()
+        method.on_epoch_start(epoch)
+        wrapped.train()
+        sums: dict[str, float] = {}
+        n_steps = 0
+        control.epoch = epoch
+        for batch in method.train_batches(epoch):
+            control.global_step = loop["global_step"]
+            for key, value in method.train_step(wrapped, batch, control).items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            n_steps += 1
+            loop["global_step"] += 1
+            if crash_after and loop["global_step"] >= crash_after:
+                raise RuntimeError(f"{CRASH_ENV}={crash_after}: simulated crash at step {loop['global_step']}")
+        select_metrics, _ = evaluate(session, model, train.select_split)
+        value = select_metrics.get(train.select_metric)
+        if value is None:
+            raise MmbenchError(f"train.select_metric={train.select_metric!r} is not among {sorted(select_metrics)}")
+        improved = _better(value, loop["best"], train.select_mode, train.select_ties_to_later)
+        if improved:
+            loop.update(best=value, best_epoch=epoch, bad_epochs=0)
+        else:
+            loop["bad_epochs"] += 1
+        row = {"epoch": epoch, "steps": n_steps, "train": {k: v / max(1, n_steps) for k, v in sums.items()},
+               train.select_split: select_metrics, "lr": {n: s.get_last_lr()[0] for n, s in schedulers.items()},
+               "seconds": round(time.time() - epoch_start, 3)}
+        history.append(row)
+        loop["epoch"] = epoch + 1
+        if is_main:
+            save_checkpoint(ckpt_dir / "last.pt", model, optimizers, schedulers, loop)
+            if improved:
+                copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+            store.write_jsonl(out / "log.jsonl", history)
+        barrier(ctx.world)
+        losses = " ".join(f"{k}={v:.4f}" for k, v in row["train"].items())
+        log(f"[{resolved.name} seed {seed}] epoch {epoch + 1}/{train.epochs} {losses} "
+            f"{train.select_split}.{train.select_metric}={value:.2f}{' *' if improved else ''}")
+        if train.patience is not None and loop["bad_epochs"] >= train.patience:
+            log(f"early stop: no {train.select_split} improvement for {train.patience} epochs")
+            break
+    train_seconds = time.time() - started
+
+    load_checkpoint(ckpt_dir / "best.pt", model, map_location=ctx.device)
+    eval_start = time.time()
+    metrics, counts = {}, {}
+    for split in ("dev", "test"):
+        metrics[split], predictions = evaluate(session, model, split)
+        counts[split] = method.num_examples(split)
+        if is_main:
+            store.write_jsonl(out / f"predictions-{split}.jsonl", predictions)
+    counts["train"] = method.num_examples("train")
+    result = {
+        "schema_version": store.SCHEMA_VERSION,
+        "paper": resolved.recipe.paper,
+        "dataset": resolved.recipe.dataset,
+        "recipe": resolved.name,
+        "variant": resolved.recipe.variant,
+        "method": resolved.recipe.method,
+        "config_hash": resolved.config_hash,
+        "overrides": resolved.overrides,
+        "seed": seed,
+        "seeds": train.seeds,
+        "smoke": resolved.smoke,
+        "subset": resolved.recipe.data.subset,
+        "synthetic": resolved.recipe.data.synthetic,
+        "reportable": resolved.reportable,
+        "examples": counts,
+        "metrics": metrics,
+        "selected_epoch": loop["best_epoch"],
+        "epochs_run": loop["epoch"],
+        "final_train": history[-1]["train"] if history else {},
+        "data_manifest": {k: session.manifest.get(k) for k in ("counts", "raw_files", "count_check")},
+        "timing": {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.time() - eval_start, 3),
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "environment": store.environment(ctx.device, str(ctx.autocast_dtype or "fp32"), ctx.world.size),
+    }
+    if is_main:
+        store.atomic_write_json(out / store.METRICS_FILE, result)
+    result["run_dir"] = str(out)
+    return result
+
+
+def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", device: str | None = None) -> dict:
+    """Re-evaluate a finished (or interrupted) run from its checkpoint; works under torchrun too."""
+    from mmbench.recipes.loader import ResolvedRecipe, resolve
+
+    saved = store.load_metrics(run) or {}
+    recipe_file = run / "recipe.yaml"
+    if not recipe_file.exists():
+        raise MmbenchError(f"{run}: not a run directory (recipe.yaml missing)")
+    resolved: ResolvedRecipe = resolve(str(recipe_file))
+    resolved.smoke = bool(saved.get("smoke"))
+    seed = int(saved.get("seed", run.name.split("-")[0].removeprefix("seed") or 0))
+    session = build_session(resolved, seed, device)
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists():
+        raise MmbenchError(f"{path}: checkpoint not found")
+    load_checkpoint(path, session.model, map_location=session.ctx.device)
+    metrics, predictions = evaluate(session, session.model, split)
+    if session.ctx.world.is_main:
+        store.write_jsonl(run / f"predictions-{split}-{checkpoint}.jsonl", predictions)
+        store.atomic_write_json(run / f"eval-{split}-{checkpoint}.json", {"split": split, "checkpoint": checkpoint, "metrics": metrics})
+    return metrics
+
+
+def _yaml(resolved) -> str:
+    import yaml
+
+    data = resolved.as_dict()
+    data.pop("extends", None)
+    data["smoke"] = {}  # already applied
+    return yaml.safe_dump(data, sort_keys=False)

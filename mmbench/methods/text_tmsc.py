@@ -1,0 +1,110 @@
+"""Text-only targeted sentiment (TMSC) baseline: BERT / RoBERTa on the sentence–target pair.
+
+Input: tokenizer(sentence, target) — `[CLS] sentence [SEP] target [SEP]` for BERT and
+`<s> sentence </s></s> target </s>` for RoBERTa (the pair encoding ITM uses). The sentence keeps
+the `$T$` placeholder by default (ITM's released code); `sentence_form: substitute` puts the target
+back in (TomBERT's BERT baseline). A dropout + linear classifier reads the first token.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from mmbench.encoders.text import load_text_encoder
+from mmbench.engine.method import Method, StepControl
+from mmbench.metrics.classification import classification_metrics
+
+
+class TextTMSCConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text_encoder: str = "bert-base-uncased"
+    max_length: int = 128
+    sentence_form: Literal["keep_placeholder", "substitute"] = "keep_placeholder"
+    lowercase: bool = False  # ITM lowercases text for roberta-base (a cased vocabulary)
+    dropout: float = 0.1
+    num_labels: int = 3
+
+
+class FirstTokenClassifier(torch.nn.Module):
+    def __init__(self, encoder: torch.nn.Module, num_labels: int, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = torch.nn.Dropout(dropout)
+        self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return self.classifier(self.dropout(hidden[:, 0]))
+
+
+class TextTMSC(Method):
+    Config = TextTMSCConfig
+
+    def setup(self) -> None:
+        self.encoder, self.tokenizer = load_text_encoder(self.config.text_encoder)
+        self.examples = {split: self._encode(self.data[split]) for split in ("train", "dev", "test")}
+
+    def _text(self, row: dict) -> tuple[str, str]:
+        sentence, target = row["sentence"], row["target"]
+        if self.config.sentence_form == "substitute":
+            sentence = sentence.replace("$T$", target)
+        if self.config.lowercase:
+            sentence, target = sentence.lower(), target.lower()
+        return sentence, target
+
+    def _encode(self, split_data) -> list[dict]:
+        pairs = [self._text(row) for row in split_data]
+        encoded = self.tokenizer([s for s, _ in pairs], [t for _, t in pairs], truncation=True, max_length=self.config.max_length)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
+        return [
+            {"index": i, "label": int(row["label"]), **{k: encoded[k][i] for k in keys}}
+            for i, row in enumerate(split_data)
+        ]
+
+    def collate(self, examples: list[dict]) -> dict:
+        length = max(len(e["input_ids"]) for e in examples)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(examples), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(examples), length), dtype=torch.long)
+        types = torch.zeros((len(examples), length), dtype=torch.long) if "token_type_ids" in examples[0] else None
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            ids[row, :n] = torch.tensor(example["input_ids"])
+            mask[row, :n] = 1
+            if types is not None:
+                types[row, :n] = torch.tensor(example["token_type_ids"])
+        device = self.ctx.device
+        batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                 "labels": torch.tensor([e["label"] for e in examples], device=device),
+                 "index": [e["index"] for e in examples]}
+        if types is not None:
+            batch["token_type_ids"] = types.to(device)
+        return batch
+
+    def build_model(self) -> torch.nn.Module:
+        return FirstTokenClassifier(self.encoder, self.config.num_labels, self.config.dropout)
+
+    @staticmethod
+    def _inputs(batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+    def train_step(self, model, batch, step: StepControl) -> dict[str, float]:
+        with step.autocast():
+            logits = model(**self._inputs(batch))
+        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+        step.backward(loss)
+        step.optimizer_step("main")
+        return {"loss": loss.item()}
+
+    def predict(self, model, batch) -> list[dict]:
+        logits = model(**self._inputs(batch)).float()
+        preds = logits.argmax(-1).tolist()
+        return [{"index": i, "label": int(y), "pred": int(p)} for i, y, p in zip(batch["index"], batch["labels"].tolist(), preds)]
+
+    def metrics(self, predictions: list[dict], split: str) -> dict[str, float]:
+        return classification_metrics([p["label"] for p in predictions], [p["pred"] for p in predictions], self.config.num_labels)

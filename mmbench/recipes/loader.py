@@ -1,0 +1,219 @@
+"""Load a recipe: YAML → one `extends:` level → `--set` overrides → schema → method config.
+
+A recipe's name is its path under `recipes/` without `.yaml` (e.g. `baselines/twitter15-bert`).
+Files whose name starts with `_` are bases for `extends:` and are not runnable; `paper.yaml` holds a
+paper's tables. The resolved recipe and its config hash identify a run.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mmbench.errors import RecipeError, located
+from mmbench.paths import recipes_dir
+from mmbench.recipes.schema import PaperCfg, Recipe
+
+# Lists that a child recipe adds to instead of replacing.
+_CONCAT_KEYS = ("deviations", "assumptions")
+
+
+@dataclass
+class ResolvedRecipe:
+    name: str
+    path: Path
+    recipe: Recipe
+    model_config: BaseModel
+    overrides: list[str] = field(default_factory=list)
+    smoke: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        data = self.recipe.model_dump(mode="json")
+        data["model"] = self.model_config.model_dump(mode="json")
+        return data
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that changes training except the seed (the seed is in the run dir)."""
+        data = self.as_dict()
+        data["train"].pop("seeds", None)
+        for key in ("description", "sources", "deviations", "assumptions", "smoke", "extends"):
+            data.pop(key, None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    @property
+    def reportable(self) -> bool:
+        return self.recipe.reportable and not self.smoke and self.recipe.data.subset is None
+
+
+def recipe_names(root: Path | None = None) -> list[str]:
+    root = root or recipes_dir()
+    names = []
+    for path in sorted(root.rglob("*.yaml")):
+        if path.name.startswith("_") or path.name == "paper.yaml":
+            continue
+        names.append(path.relative_to(root).with_suffix("").as_posix())
+    return names
+
+
+def paper_names(root: Path | None = None) -> list[str]:
+    root = root or recipes_dir()
+    return sorted(p.parent.name for p in root.glob("*/paper.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = mark.line + 1 if mark else None
+        raise RecipeError(located(path, where, f"invalid YAML: {getattr(exc, 'problem', exc)}")) from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    return data
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if key in _CONCAT_KEYS and isinstance(out.get(key), list) and isinstance(value, list):
+            out[key] = out[key] + value
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_raw(path: Path) -> dict[str, Any]:
+    """Read a recipe and merge it onto its `extends:` base (one level at most)."""
+    data = read_yaml(path)
+    parent_ref = data.get("extends")
+    if parent_ref is None:
+        return data
+    parent_path = (path.parent / parent_ref).resolve()
+    parent = read_yaml(parent_path)
+    if parent.get("extends") is not None:
+        raise RecipeError(
+            located(path, "extends", f"{parent_ref} itself extends {parent['extends']}; recipes inherit at most one level")
+        )
+    merged = deep_merge(parent, data)
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected key.path=value")
+    key, raw_value = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value != "" else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return key.split("."), value
+
+
+def apply_override(data: dict, keys: list[str], value: Any) -> None:
+    node = data
+    for part in keys[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {'.'.join(keys)}: {part!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _known_keys(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names at a location of a schema, for 'did you mean' hints."""
+    cls = model_cls
+    for part in loc[:-1]:
+        field_info = cls.model_fields.get(str(part)) if hasattr(cls, "model_fields") else None
+        annotation = getattr(field_info, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            cls = annotation
+        else:
+            return []
+    return list(getattr(cls, "model_fields", {}))
+
+
+def validation_message(source: str, exc: ValidationError, schema: type[BaseModel], prefix: str = "") -> str:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    key = prefix + ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(schema, loc), n=1, cutoff=0.6)
+        hint = f" (did you mean {'.'.join([*(prefix.rstrip('.').split('.') if prefix else []), *map(str, loc[:-1]), close[0]])}?)" if close else ""
+        return located(source, key, f"unknown key{hint}")
+    return located(source, key, err["msg"])
+
+
+def resolve(name_or_path: str, overrides: list[str] | None = None, smoke: bool = False) -> ResolvedRecipe:
+    from mmbench.methods import method_registry
+
+    path, name = _locate(name_or_path)
+    data = load_raw(path)
+    overrides = list(overrides or [])
+    if smoke:
+        smoke_sets = [f"{k}={json.dumps(v)}" for k, v in (data.get("smoke") or {}).items()]
+        overrides = ["data.synthetic=true", *smoke_sets, *overrides]
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    source = f"{path}" + (f" (with --set {', '.join(overrides)})" if overrides else "")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(validation_message(source, exc, Recipe)) from None
+    method_cls = method_registry.get(recipe.method)
+    try:
+        model_config = method_cls.Config.model_validate(recipe.model)
+    except ValidationError as exc:
+        raise RecipeError(validation_message(source, exc, method_cls.Config, prefix="model.")) from None
+    for opt in method_cls.optimizer_names:
+        if opt not in recipe.train.optimizers:
+            raise RecipeError(located(source, "train.optimizers", f"method {recipe.method} needs an optimiser named {opt!r}"))
+    return ResolvedRecipe(name, path, recipe, model_config, overrides, smoke)
+
+
+def _locate(name_or_path: str) -> tuple[Path, str]:
+    root = recipes_dir()
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".yaml" and candidate.exists():
+        path = candidate.resolve()
+        try:
+            name = path.relative_to(root.resolve()).with_suffix("").as_posix()
+        except ValueError:
+            name = path.stem
+        return path, name
+    path = root / f"{name_or_path}.yaml"
+    if not path.exists():
+        from mmbench.registry import unknown_name_message
+
+        raise RecipeError(unknown_name_message("recipe", name_or_path, recipe_names(root)))
+    return path, name_or_path
+
+
+def load_paper(paper: str) -> PaperCfg:
+    path = recipes_dir() / paper / "paper.yaml"
+    if not path.exists():
+        from mmbench.registry import unknown_name_message
+
+        raise RecipeError(unknown_name_message("paper", paper, paper_names()))
+    try:
+        return PaperCfg.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        raise RecipeError(validation_message(str(path), exc, PaperCfg)) from None

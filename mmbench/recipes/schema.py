@@ -1,0 +1,126 @@
+"""Typed schema of a recipe (one training configuration) and of a paper's tables.
+
+Every model is `extra="forbid"`: a misspelt key is an error naming its key path. The `model:` section
+is validated by the method's own `Config` (see `mmbench.methods`), so each method documents its knobs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ScheduleCfg(Strict):
+    """Learning-rate schedule. Steps are optimiser steps; `step_size`/`t0` are in epochs."""
+
+    name: Literal["constant", "linear_warmup", "step", "cosine_restarts"] = "constant"
+    warmup_ratio: float = 0.0
+    step_size: int = 1
+    gamma: float = 0.5
+    t0: int = 10
+    t_mult: int = 1
+    eta_min: float = 0.0
+
+
+class OptimizerCfg(Strict):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    # BERT convention: biases and LayerNorm weights get no weight decay.
+    no_decay_bias_norm: bool = True
+    schedule: ScheduleCfg = Field(default_factory=ScheduleCfg)
+
+
+class TrainCfg(Strict):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int | None = None
+    # Named optimisers; most methods use only "main". A method says which names it needs.
+    optimizers: dict[str, OptimizerCfg]
+    grad_clip: float | None = None
+    grad_clip_mode: Literal["global", "per_tensor"] = "global"
+    select_metric: str = "accuracy"
+    select_split: Literal["dev", "test"] = "dev"
+    select_mode: Literal["max", "min"] = "max"
+    # ties go to the later epoch when True (ITM's released code uses >=)
+    select_ties_to_later: bool = False
+    patience: int | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    shuffle: bool = True
+    drop_last: bool = False
+
+
+class DataCfg(Strict):
+    synthetic: bool = False
+    images: str | None = None  # images root; default <data root>/images/<dataset>
+    missing_image: Literal["error", "substitute", "blank"] = "error"
+    substitute_image: str = "17_06_4705.jpg"  # TomBERT's fixed substitute (opt-in)
+    subset: int | None = None  # keep the first N examples of each split (non-reportable)
+
+
+class Recipe(Strict):
+    extends: str | None = None
+    paper: str
+    dataset: str
+    method: str
+    variant: Literal["paper", "official"] = "paper"
+    description: str = ""
+    version: int = 1
+    reportable: bool = True
+    data: DataCfg = Field(default_factory=DataCfg)
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: TrainCfg
+    smoke: dict[str, Any] = Field(default_factory=dict)
+    sources: dict[str, str] = Field(default_factory=dict)
+    deviations: list[str] = Field(default_factory=list)
+    assumptions: list[str] = Field(default_factory=list)
+
+
+class ColumnCfg(Strict):
+    dataset: str
+    metric: str
+    header: str
+    split: Literal["dev", "test"] = "test"
+
+
+class RowCfg(Strict):
+    label: str
+    group: str | None = None
+    # recipe name, may contain "{dataset}"; None for rows mmbench does not implement
+    recipe: str | None = None
+    paper: list[float | None]
+    aggregation: str = "single run"
+    note: str | None = None
+
+
+class TableCfg(Strict):
+    id: str
+    title: str
+    columns: list[ColumnCfg]
+    rows: list[RowCfg]
+    notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _paper_values_match_columns(self):
+        for row in self.rows:
+            if len(row.paper) != len(self.columns):
+                raise ValueError(
+                    f"row {row.label!r} has {len(row.paper)} paper values for {len(self.columns)} columns"
+                )
+        return self
+
+
+class PaperCfg(Strict):
+    paper: str
+    title: str
+    citation: str = ""
+    tolerances: dict[str, float] = Field(default_factory=dict)
+    tables: list[TableCfg]
