@@ -73,5 +73,17 @@ DATASETS.register(
 )
 
 
+# Datasets of single papers live beside their readers and register here lazily ("module:attr").
+for _name, _target in {
+    "itm-vg": "mmbench.data.formats.itm_pkl:ITM_VG_SPEC",
+    "mvsa-single": "mmbench.data.formats.clmlf:MVSA_SINGLE_SPEC",
+    "mvsa-multiple": "mmbench.data.formats.clmlf:MVSA_MULTIPLE_SPEC",
+    "hfm": "mmbench.data.formats.clmlf:HFM_SPEC",
+    "flickr30k": "mmbench.data.formats.scan:FLICKR30K_SPEC",
+    "coco": "mmbench.data.formats.scan:COCO_SPEC",
+}.items():
+    DATASETS.register(_name, _target)
+
+
 def get_dataset(name: str) -> DatasetSpec:
     return DATASETS.get(name)

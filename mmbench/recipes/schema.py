@@ -24,7 +24,7 @@ class ScheduleCfg(Strict):
     gamma: float = 0.5
     t0: int = 10
     t_mult: int = 1
-    eta_min: float = 0.0
+    eta_min: float = 0.0  # a fraction of the base learning rate
 
 
 class OptimizerCfg(Strict):
@@ -96,6 +96,8 @@ class RowCfg(Strict):
     group: str | None = None
     # recipe name, may contain "{dataset}"; None for rows mmbench does not implement
     recipe: str | None = None
+    # `--set`-style overrides applied to the recipe for this row (e.g. one point of a sweep)
+    overrides: list[str] = Field(default_factory=list)
     paper: list[float | None]
     aggregation: str = "single run"
     note: str | None = None
