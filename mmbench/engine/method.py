@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -31,6 +32,9 @@ class RunContext:
     autocast_dtype: torch.dtype | None
     world: World
     seed: int
+    # the run directory (set by the trainer before setup): methods may write extra logs there
+    # (rank 0 only), e.g. per-batch quantities a paper plots
+    run_dir: Path | None = None
 
     def autocast(self):
         if self.autocast_dtype is None:

@@ -30,7 +30,8 @@ class Session:
     manifest: dict
 
 
-def build_session(resolved, seed: int, device: str | None = None, world: World | None = None) -> Session:
+def build_session(resolved, seed: int, device: str | None = None, world: World | None = None,
+                  run_dir: Path | None = None) -> Session:
     from mmbench.data.prepare import load_prepared
     from mmbench.methods import method_registry
 
@@ -38,7 +39,8 @@ def build_session(resolved, seed: int, device: str | None = None, world: World |
     world = world or init_world(device)
     seed_everything(seed)
     dev = pick_device(device, world.local_rank)
-    ctx = RunContext(device=dev, autocast_dtype=pick_precision(recipe.train.precision, dev), world=world, seed=seed)
+    ctx = RunContext(device=dev, autocast_dtype=pick_precision(recipe.train.precision, dev), world=world, seed=seed,
+                     run_dir=run_dir)
     data, manifest = load_prepared(recipe.dataset, synthetic=recipe.data.synthetic)
     if recipe.data.subset is not None:
         data = {split: ds.select(range(min(recipe.data.subset, len(ds)))) for split, ds in data.items()}
@@ -74,10 +76,10 @@ def evaluate(session: Session, model: torch.nn.Module, split: str) -> tuple[dict
 def fit(resolved, seed: int, root: Path | None = None, resume: bool = False, device: str | None = None,
         log: Callable[[str], None] = print) -> dict:
     started = time.time()
-    session = build_session(resolved, seed, device)
+    out = store.run_dir(resolved, seed, root)
+    session = build_session(resolved, seed, device, run_dir=out)
     method, model, ctx = session.method, session.model, session.ctx
     train = resolved.recipe.train
-    out = store.run_dir(resolved, seed, root)
     ckpt_dir = out / "checkpoints"
     is_main = ctx.world.is_main
 
@@ -197,7 +199,7 @@ def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", devic
     resolved: ResolvedRecipe = resolve(str(recipe_file))
     resolved.smoke = bool(saved.get("smoke"))
     seed = int(saved.get("seed", run.name.split("-")[0].removeprefix("seed") or 0))
-    session = build_session(resolved, seed, device)
+    session = build_session(resolved, seed, device, run_dir=run)
     path = run / "checkpoints" / f"{checkpoint}.pt"
     if not path.exists():
         raise MmbenchError(f"{path}: checkpoint not found")
