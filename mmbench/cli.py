@@ -1,0 +1,247 @@
+"""The `mmbench` command line. Heavy imports (torch, transformers) happen inside commands so that
+`mmbench --help` stays fast."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mmbench.errors import MmbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
+    "Reproduce the tables of five multimodal papers: prepare → train → eval → report.\n\n"
+    "Start with `mmbench reproduce itm --dataset twitter15 --smoke` (offline, synthetic data)."))
+
+
+def cli_errors(func):
+    """Print an MmbenchError as one line and exit 2 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except MmbenchError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command("ls")
+@cli_errors
+def ls(what: str = typer.Argument(..., help="papers | recipes | datasets | methods")):
+    """List papers, recipes, datasets or methods."""
+    from mmbench.recipes.loader import paper_names, recipe_names
+
+    if what == "papers":
+        from mmbench.recipes.loader import load_paper
+
+        for name in paper_names():
+            typer.echo(f"{name}\t{load_paper(name).title}")
+    elif what == "recipes":
+        for name in recipe_names():
+            typer.echo(name)
+    elif what == "datasets":
+        from mmbench.data.catalog import DATASETS
+
+        for name in DATASETS.names():
+            typer.echo(name)
+    elif what == "methods":
+        from mmbench.methods import method_registry
+
+        for name in method_registry.names():
+            typer.echo(name)
+    else:
+        from mmbench.registry import unknown_name_message
+
+        raise MmbenchError(unknown_name_message("listing", what, ["datasets", "methods", "papers", "recipes"]))
+
+
+@app.command()
+@cli_errors
+def show(recipe: str, set_: List[str] = typer.Option([], "--set", help="key.path=value override"),
+         smoke: bool = typer.Option(False, help="apply the recipe's smoke overrides")):
+    """Print a recipe fully resolved (extends and overrides applied) and its config hash."""
+    import yaml
+
+    from mmbench.recipes.loader import resolve
+
+    resolved = resolve(recipe, set_, smoke=smoke)
+    typer.echo(f"# {resolved.name}  config_hash={resolved.config_hash}  file={resolved.path}")
+    typer.echo(yaml.safe_dump(resolved.as_dict(), sort_keys=False))
+
+
+@app.command()
+@cli_errors
+def validate(recipes: List[str] = typer.Argument(None, help="recipes to check (default: all, plus every paper.yaml)")):
+    """Validate recipes and paper tables; exit 2 on the first error."""
+    from mmbench.recipes.loader import load_paper, paper_names, recipe_names, resolve
+    from mmbench.report.tables import plan
+
+    names = recipes or recipe_names()
+    for name in names:
+        resolve(name)
+        resolve(name, smoke=True)
+    if not recipes:
+        for paper in paper_names():
+            load_paper(paper)
+            plan(paper, None, smoke=False)
+    typer.echo(f"ok: {len(names)} recipes" + ("" if recipes else f", {len(paper_names())} papers"))
+
+
+@app.command()
+@cli_errors
+def prepare(dataset: str, raw: Optional[Path] = typer.Option(None, help="folder of the raw upstream files"),
+            images: Optional[Path] = typer.Option(None, help="images root (optional for text-only use)"),
+            out: Optional[Path] = typer.Option(None, help="output folder (default: data/prepared/DATASET)"),
+            synthetic: bool = typer.Option(False, help="generate and prepare the synthetic stand-in"),
+            allow_count_mismatch: bool = typer.Option(False, help="prepare even if counts differ from the published ones")):
+    """Raw upstream files → prepared dataset + manifest, checked against the published counts."""
+    from mmbench.data.prepare import prepare as run_prepare, prepared_dir
+
+    manifest = run_prepare(dataset, raw, images, out, synthetic, allow_count_mismatch)
+    typer.echo(f"prepared {dataset} → {out or prepared_dir(dataset, synthetic)}")
+    for split, count in manifest["counts"].items():
+        labels = ", ".join(f"{n}={c}" for n, c in zip(manifest["label_names"], manifest["label_counts"][split]))
+        typer.echo(f"  {split}: {count} ({labels})")
+    typer.echo(f"  count check: {manifest['count_check']}")
+    if manifest.get("missing_images"):
+        typer.echo(f"  missing images per split: {manifest['missing_images']}")
+
+
+def _logger():
+    return lambda message: typer.echo(message)
+
+
+@app.command()
+@cli_errors
+def train(recipe: str, seed: Optional[int] = typer.Option(None, help="default: the recipe's first seed"),
+          set_: List[str] = typer.Option([], "--set", help="key.path=value override (validated, recorded)"),
+          subset: Optional[str] = typer.Option(None, help="'smoke' (synthetic data, tiny encoders) or N (first N examples per split)"),
+          smoke: bool = typer.Option(False, help="same as --subset smoke"),
+          resume: bool = typer.Option(False, help="continue from the run's last checkpoint"),
+          device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)")):
+    """Train one recipe for one seed; writes runs/<paper>/<dataset>/<recipe>/seed<k>-<hash>/."""
+    from mmbench.engine.trainer import fit
+    from mmbench.recipes.loader import resolve
+
+    overrides = list(set_)
+    smoke = smoke or subset == "smoke"
+    if subset not in (None, "smoke"):
+        if not subset.isdigit():
+            raise MmbenchError(f"--subset {subset!r}: expected 'smoke' or a number")
+        overrides.append(f"data.subset={int(subset)}")
+    resolved = resolve(recipe, overrides, smoke=smoke)
+    seed = resolved.recipe.train.seeds[0] if seed is None else seed
+    result = fit(resolved, seed, resume=resume, device=device, log=_logger())
+    typer.echo(f"done: {result['run_dir']}")
+    for split in ("dev", "test"):
+        typer.echo(f"  {split}: " + ", ".join(f"{k}={v:.2f}" for k, v in result["metrics"][split].items()))
+
+
+@app.command("eval")
+@cli_errors
+def eval_(run_dir: Path, split: str = typer.Option("test", help="dev | test"),
+          checkpoint: str = typer.Option("best", help="best | last"), device: Optional[str] = typer.Option(None)):
+    """Evaluate a run's checkpoint on a split (also under torchrun)."""
+    from mmbench.engine.trainer import evaluate_run
+
+    metrics = evaluate_run(run_dir, split, checkpoint, device)
+    typer.echo(f"{split} ({checkpoint}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+@app.command()
+@cli_errors
+def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbench ls papers`)"),
+           format: str = typer.Option("md", "--format", help="md | latex | csv"),
+           smoke: bool = typer.Option(False, help="show smoke runs (never mixed with full runs)"),
+           all_: bool = typer.Option(False, "--all", help="every paper"),
+           out: Optional[Path] = typer.Option(None, help="write <paper>.<ext> files into this folder")):
+    """Render a paper's tables from finished runs: ours, the paper's value, Δ and ✓/✗."""
+    from mmbench.recipes.loader import paper_names
+    from mmbench.report.tables import report as render
+    from mmbench.results.store import atomic_write_text
+
+    if format not in ("md", "latex", "csv"):
+        raise MmbenchError(f"--format {format!r}: expected md, latex or csv")
+    papers = paper_names() if all_ else [paper] if paper else None
+    if not papers:
+        raise MmbenchError("name a paper or pass --all")
+    for name in papers:
+        text = render(name, format, smoke)
+        if out:
+            ext = {"md": "md", "latex": "tex", "csv": "csv"}[format]
+            atomic_write_text(out / f"{name}{'-smoke' if smoke else ''}.{ext}", text)
+            typer.echo(f"wrote {out / f'{name}.{ext}'}")
+        else:
+            typer.echo(text)
+
+
+@app.command()
+@cli_errors
+def reproduce(paper: str, dataset: str = typer.Option(..., help="dataset of the paper's tables"),
+              seeds: Optional[int] = typer.Option(None, help="seeds per recipe (default: the recipe's list)"),
+              smoke: bool = typer.Option(False, help="synthetic data and tiny encoders (offline, CPU, seconds)"),
+              dry_run: bool = typer.Option(False, help="print the plan and what already exists, run nothing"),
+              skip_existing: bool = typer.Option(False, help="skip runs whose metrics.json exists (same config hash)"),
+              device: Optional[str] = typer.Option(None, help="cpu | cuda")):
+    """Prepare if needed, train every recipe of PAPER's tables on DATASET for N seeds, evaluate, print the tables."""
+    from mmbench.reproduce import run_plan
+
+    run_plan(paper, dataset, seeds, smoke, dry_run, skip_existing, device)
+
+
+@app.command()
+@cli_errors
+def regress(update: bool = typer.Option(False, help="re-run and rewrite the goldens"),
+            paper: List[str] = typer.Option([], help="papers (default: every paper with goldens)"),
+            recipe: List[str] = typer.Option([], help="with --update: recipes to guard (default: all of the paper's tables)"),
+            dataset: Optional[str] = typer.Option(None, help="with --update: only this dataset"),
+            reason: Optional[str] = typer.Option(None, help="why the goldens change (required with --update)")):
+    """Check the smoke runs against the committed golden bands (or --update them)."""
+    from mmbench.reproduce import check_goldens, update_goldens
+
+    if update:
+        if not reason:
+            raise MmbenchError("--update needs --reason \"why the numbers change\"")
+        for name in paper:
+            path = update_goldens(name, recipe, dataset, reason)
+            typer.echo(f"wrote {path}")
+        if not paper:
+            raise MmbenchError("--update needs --paper")
+        return
+    drifts = check_goldens(paper or None)
+    for drift in drifts:
+        typer.echo(str(drift), err=True)
+    if drifts:
+        raise typer.Exit(1)
+    typer.echo("goldens: all metrics within their bands")
+
+
+@app.command()
+@cli_errors
+def bench(name: Optional[str] = typer.Argument(None, help="benchmark script under benchmarks/ (default: list them)"),
+          args: List[str] = typer.Argument(None, help="arguments passed to the benchmark")):
+    """Run a speed/memory benchmark from benchmarks/ (results go to benchmarks/results/)."""
+    import subprocess
+
+    from mmbench.paths import REPO_ROOT
+
+    scripts = sorted(p.stem for p in (REPO_ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+    if name is None:
+        for script in scripts:
+            typer.echo(script)
+        return
+    if name not in scripts:
+        from mmbench.registry import unknown_name_message
+
+        raise MmbenchError(unknown_name_message("benchmark", name, scripts))
+    raise typer.Exit(subprocess.call([sys.executable, str(REPO_ROOT / "benchmarks" / f"{name}.py"), *(args or [])]))
+
+
+if __name__ == "__main__":
+    app()

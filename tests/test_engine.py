@@ -1,0 +1,126 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mmbench.engine.batching import epoch_batches, eval_shard, rank_slice
+from mmbench.engine.optim import schedule_factor
+from mmbench.engine.runtime import World, seed_everything
+from mmbench.engine.trainer import CRASH_ENV, fit
+from mmbench.recipes.loader import resolve
+from mmbench.recipes.schema import ScheduleCfg
+
+FAST = ["train.epochs=3", "train.batch_size=32"]
+
+
+def smoke(*extra):
+    return resolve("baselines/twitter15-bert", [*FAST, *extra], smoke=True)
+
+
+def test_seed_zero_seeds():
+    seed_everything(0)
+    a = torch.rand(3)
+    seed_everything(0)
+    assert torch.equal(a, torch.rand(3))
+    seed_everything(1)
+    assert not torch.equal(a, torch.rand(3))
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_for_seed_zero_and_differs_for_seed_one(mm_env):
+    first = fit(smoke(), 0, root=mm_env / "a", log=lambda m: None)
+    again = fit(smoke(), 0, root=mm_env / "b", log=lambda m: None)
+    other = fit(smoke(), 1, root=mm_env / "c", log=lambda m: None)
+    assert first["final_train"] == again["final_train"] and first["metrics"] == again["metrics"]
+    assert first["final_train"] != other["final_train"]
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(mm_env, monkeypatch):
+    reference = fit(smoke(), 0, root=mm_env / "ref", log=lambda m: None)
+    steps_per_epoch = reference["examples"]["train"] // 32 + 1
+    monkeypatch.setenv(CRASH_ENV, str(steps_per_epoch + 2))  # dies inside epoch 2
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(smoke(), 0, root=mm_env / "crash", log=lambda m: None)
+    monkeypatch.delenv(CRASH_ENV)
+    run = next((mm_env / "crash").glob("*/*/*/seed0-*"))
+    assert not (run / "metrics.json").exists()
+    assert [row["epoch"] for row in map(json.loads, (run / "log.jsonl").read_text().splitlines())] == [0]
+    resumed = fit(smoke(), 0, root=mm_env / "crash", resume=True, log=lambda m: None)
+    assert resumed["metrics"] == reference["metrics"]
+    assert resumed["final_train"] == reference["final_train"]
+    assert len((run / "log.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_metrics_json_has_the_documented_schema(mm_env):
+    result = fit(smoke(), 0, log=lambda m: None)
+    saved = json.loads(open(os.path.join(result["run_dir"], "metrics.json")).read())
+    for key in ("schema_version", "config_hash", "overrides", "seed", "seeds", "examples", "metrics",
+                "selected_epoch", "timing", "environment", "smoke", "reportable", "recipe", "variant"):
+        assert key in saved, key
+    assert saved["overrides"] == FAST and saved["smoke"] and not saved["reportable"]
+    assert set(saved["metrics"]) == {"dev", "test"} and "accuracy" in saved["metrics"]["test"]
+    for key in ("git_commit", "git_dirty", "torch", "transformers", "device", "precision"):
+        assert key in saved["environment"], key
+    for name in ("recipe.yaml", "log.jsonl", "predictions-test.jsonl", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert os.path.exists(os.path.join(result["run_dir"], name)), name
+    predictions = open(os.path.join(result["run_dir"], "predictions-test.jsonl")).read().splitlines()
+    assert len(predictions) == saved["examples"]["test"]
+
+
+@pytest.mark.slow
+def test_reproduce_skip_existing_runs_nothing_the_second_time(mm_env):
+    cmd = [sys.executable, "-m", "mmbench.cli", "reproduce", "itm", "--dataset", "twitter15", "--smoke", "--skip-existing"]
+    env = {**os.environ}
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    metrics = sorted(mm_env.glob("runs/*/*/*/*/metrics.json"))
+    stamps = [p.stat().st_mtime_ns for p in metrics]
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("skip (exists)") == len(metrics) >= 2
+    assert [p.stat().st_mtime_ns for p in metrics] == stamps
+    assert "Table 3" in second.stdout and "SMOKE" in second.stdout
+
+
+def test_batch_plans_are_seeded_by_epoch_and_cover_every_example():
+    a = epoch_batches(10, 4, seed=0, epoch=0, shuffle=True)
+    assert a == epoch_batches(10, 4, seed=0, epoch=0, shuffle=True)
+    assert a != epoch_batches(10, 4, seed=0, epoch=1, shuffle=True)
+    assert sorted(i for b in a for i in b) == list(range(10)) and [len(b) for b in a] == [4, 4, 2]
+    batch = [5, 1, 7, 3]
+    world = [World(rank=r, size=2) for r in range(2)]
+    assert rank_slice(batch, world[0]) + rank_slice(batch, world[1]) == batch
+    assert sorted(eval_shard(7, world[0]) + eval_shard(7, world[1])) == list(range(7))
+
+
+def test_schedules():
+    warm = ScheduleCfg(name="linear_warmup", warmup_ratio=0.1)
+    assert schedule_factor(warm, 0, 100, 10) == pytest.approx(0.1)
+    assert schedule_factor(warm, 9, 100, 10) == pytest.approx(1.0)
+    assert schedule_factor(warm, 55, 100, 10) == pytest.approx(0.5)
+    step = ScheduleCfg(name="step", step_size=2, gamma=0.5)
+    assert [schedule_factor(step, e * 10, 100, 10) for e in range(5)] == [1, 1, 0.5, 0.5, 0.25]
+    cosine = ScheduleCfg(name="cosine_restarts", t0=2)
+    assert schedule_factor(cosine, 0, 100, 10) == 1.0
+    assert schedule_factor(cosine, 10, 100, 10) == pytest.approx(0.5)
+    assert schedule_factor(cosine, 20, 100, 10) == 1.0  # restart
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_matches_one_process(mm_env):
+    result = fit(smoke("train.epochs=1"), 0, log=lambda m: None)
+    run = result["run_dir"]
+    one = subprocess.run([sys.executable, "-m", "mmbench.cli", "eval", run, "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          "-m", "mmbench.cli", "eval", run, "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    line = [l for l in one.stdout.splitlines() if l.startswith("test")][0]
+    assert line in two.stdout
+    assert f"accuracy={result['metrics']['test']['accuracy']:.4f}" in line
