@@ -1,0 +1,1 @@
+"""Small reusable building blocks (layers, solvers) used by the methods."""
