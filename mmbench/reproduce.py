@@ -105,7 +105,6 @@ def update_goldens(paper: str, recipe_names: list[str], dataset: str | None, rea
     from mmbench.report.tables import plan
     from mmbench.results.goldens import entry_from_result, write_goldens
 
-    _golden_threads()
     chosen = [r for r in plan(paper, dataset, smoke=True) if not recipe_names or r.name in recipe_names]
     if not chosen:
         raise MmbenchError(f"no smoke recipes of {paper} match {recipe_names or 'the tables'}")
@@ -117,19 +116,10 @@ def update_goldens(paper: str, recipe_names: list[str], dataset: str | None, rea
     return write_goldens(paper, entries, reason)
 
 
-def _golden_threads() -> None:
-    """Goldens are recorded and checked with one CPU thread: float reductions then do not depend
-    on the machine's core count, so the bands can stay tight."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def run_golden(entry: dict, root):
     from mmbench.engine.trainer import fit
     from mmbench.recipes.loader import resolve
 
-    _golden_threads()
     resolved = resolve(entry["recipe"], entry["overrides"], smoke=True)
     return fit(resolved, entry["seed"], root=root, log=lambda m: None)
 

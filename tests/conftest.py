@@ -9,7 +9,7 @@ import pytest
 import torch
 
 # One thread: on the 2-core CI machines tiny models run faster without thread contention, and
-# golden smoke runs are recorded with one thread too (see mmbench.reproduce._golden_threads).
+# smoke trainings use one thread too (mmbench.engine.trainer._set_threads).
 torch.set_num_threads(1)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

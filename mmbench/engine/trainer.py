@@ -20,6 +20,7 @@ from mmbench.results import store
 
 # Test hook: raise after this many optimiser-loop steps, to prove that --resume recovers a killed run.
 CRASH_ENV = "MMBENCH_CRASH_AFTER_STEPS"
+THREADS_ENV = "MMBENCH_THREADS"
 
 
 @dataclass
@@ -36,6 +37,7 @@ def build_session(resolved, seed: int, device: str | None = None, world: World |
     from mmbench.methods import method_registry
 
     recipe = resolved.recipe
+    _set_threads(resolved.smoke)
     world = world or init_world(device)
     seed_everything(seed)
     dev = pick_device(device, world.local_rank)
@@ -51,6 +53,14 @@ def build_session(resolved, seed: int, device: str | None = None, world: World |
     method.setup()
     model = method.build_model().to(dev)
     return Session(method, model, ctx, manifest)
+
+
+def _set_threads(smoke: bool) -> None:
+    """CPU threads: MMBENCH_THREADS if set; smoke runs (tiny models) default to one thread, which
+    is several times faster than two on small CPUs and keeps smoke numbers machine-independent."""
+    threads = os.environ.get(THREADS_ENV)
+    if threads or smoke:
+        torch.set_num_threads(int(threads or 1))
 
 
 def _better(value: float, best: float | None, mode: str, ties_to_later: bool) -> bool:
