@@ -1,0 +1,93 @@
+"""DCPA's frozen BERT word features (§III-A, §IV-B "We set the pretrained BERT model fixed"), computed
+once per (encoder, captions file) and kept in the shared content-keyed feature cache, so training
+epochs never run BERT.
+
+Captions have different lengths, so the cache is ragged: `words` holds every caption's token features
+back to back ([total tokens, hidden]) and a second cache holds each caption's `offset` and `length`.
+The index is built after the tokens, so a complete index implies complete tokens. All tokens are kept,
+[CLS] and [SEP] included (c = {w_1..w_n} is BERT's whole output).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmbench.data.feature_cache import FeatureCache
+from mmbench.encoders.text import load_text_encoder
+from mmbench.encoders.tiny import TINY_TEXT
+
+CACHE_NAME = "dcpa-words"
+CACHE_VERSION = 1
+
+
+def load_frozen_encoder(name: str):
+    """(model, tokenizer); a tiny random preset is built under a fixed seed so its cache is shareable."""
+    if name in TINY_TEXT:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return load_text_encoder(name)
+    return load_text_encoder(name)
+
+
+class WordFeatures:
+    """Read side: the padded word features of any set of captions."""
+
+    def __init__(self, words: np.ndarray, offset: np.ndarray, length: np.ndarray):
+        self.words, self.offset, self.length = words, offset, length
+
+    @property
+    def dim(self) -> int:
+        return int(self.words.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    def batch(self, captions: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = [int(self.length[c]) for c in captions]
+        out = np.zeros((len(captions), max(lengths), self.dim), dtype=np.float32)
+        for row, (c, n) in enumerate(zip(captions, lengths)):
+            start = int(self.offset[c])
+            out[row, :n] = self.words[start : start + n]
+        mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+        return torch.from_numpy(out).to(device), mask.to(device)
+
+
+def word_features(captions: list[str], key: dict, encoder: str, max_length: int, dtype: str,
+                  device: torch.device, batch_size: int = 128) -> WordFeatures:
+    """Open the cache for these captions, building it first if needed."""
+    key = {**key, "encoder": encoder, "max_length": max_length, "dtype": dtype, "version": CACHE_VERSION}
+    tokens_cache = FeatureCache({**key, "part": "tokens"}, CACHE_NAME)
+    index_cache = FeatureCache({**key, "part": "index"}, CACHE_NAME)
+    if not (tokens_cache.complete and index_cache.complete):
+        _build(captions, tokens_cache, index_cache, encoder, max_length, dtype, device, batch_size)
+    index = index_cache.open()
+    return WordFeatures(tokens_cache.open()["words"], index["offset"], index["length"])
+
+
+def _build(captions, tokens_cache, index_cache, encoder, max_length, dtype, device, batch_size) -> None:
+    model, tokenizer = load_frozen_encoder(encoder)
+    model = model.to(device).eval()
+    ids = tokenizer(captions, truncation=True, max_length=max_length)["input_ids"]
+    length = np.array([len(x) for x in ids], dtype=np.int32)
+    offset = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
+    hidden = model.config.hidden_size
+
+    def batches():
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            longest = max(len(x) for x in chunk)
+            input_ids = torch.full((len(chunk), longest), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+            for row, x in enumerate(chunk):
+                input_ids[row, : len(x)] = torch.tensor(x)
+                mask[row, : len(x)] = 1
+            with torch.no_grad():
+                states = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            states = states.float().cpu().numpy()
+            flat = np.concatenate([states[row, : len(x)] for row, x in enumerate(chunk)]).astype(dtype)
+            yield int(offset[start]), {"words": flat}
+
+    tokens_cache.build(int(length.sum()), {"words": ((hidden,), dtype)}, batches())
+    index_cache.build(len(ids), {"offset": ((), "int64"), "length": ((), "int32")},
+                      [(0, {"offset": offset, "length": length})])
