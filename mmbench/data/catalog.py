@@ -23,7 +23,8 @@ class DatasetSpec:
     label_names: tuple[str, ...]
     published_label_counts: dict[str, tuple[int, ...]] = field(default_factory=dict)
     splits: tuple[str, ...] = ("train", "dev", "test")
-    # optional extra step (e.g. indexing region features) run after the rows are read
+    # optional extra step (e.g. indexing region features) run after the rows are read, called as
+    # prepare_extra(raw=, out=, images=, splits=, synthetic=, allow_count_mismatch=) -> manifest["extra"]
     prepare_extra: Callable[..., dict] | None = None
 
 

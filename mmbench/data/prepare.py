@@ -114,7 +114,8 @@ def prepare(
         tmp.mkdir(parents=True)
         DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()}).save_to_disk(str(tmp / "dataset"))
         if spec.prepare_extra is not None:
-            manifest["extra"] = spec.prepare_extra(raw=raw, out=tmp, images=images, splits=splits, synthetic=synthetic)
+            manifest["extra"] = spec.prepare_extra(raw=raw, out=tmp, images=images, splits=splits, synthetic=synthetic,
+                                                   allow_count_mismatch=allow_count_mismatch)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _swap_in(tmp, out)
     finally:

@@ -137,7 +137,8 @@ def _index_features(images: Path, out: Path, splits: dict[str, list[dict]], synt
     return {"regions": build_region_store(images, iids, out, *dims)}
 
 
-def prepare_vg_extra(raw: Path, out: Path, images: Path, splits: dict[str, list[dict]], synthetic: bool) -> dict:
+def prepare_vg_extra(raw: Path, out: Path, images: Path, splits: dict[str, list[dict]], synthetic: bool,
+                     allow_count_mismatch: bool = False) -> dict:
     """Check Table 1 (targets, images, related/unrelated) and index the region features."""
     stats = {split: relevance_stats(rows) for split, rows in splits.items()}
     problems = []
@@ -146,13 +147,16 @@ def prepare_vg_extra(raw: Path, out: Path, images: Path, splits: dict[str, list[
             got = stats[split]
             if (got["targets"], got["images"], got["related"], got["unrelated"]) != (targets, n_images, related, unrelated):
                 problems.append(f"{split}: {got} vs published {targets}/{n_images}/{related}/{unrelated}")
-    if problems:
-        raise DataError(f"{raw}: ITM Table 1 statistics differ ({'; '.join(problems)})")
-    return {"relevance": stats, "table1_check": "synthetic (not checked)" if synthetic else "ok",
+    if problems and not allow_count_mismatch:
+        raise DataError(f"{raw}: ITM Table 1 statistics differ ({'; '.join(problems)}); "
+                        "pass --allow-count-mismatch to prepare anyway")
+    check = "synthetic (not checked)" if synthetic else ("mismatch allowed: " + "; ".join(problems) if problems else "ok")
+    return {"relevance": stats, "table1_check": check,
             **_index_features(images, out, splits, synthetic)}
 
 
-def prepare_tmsc_extra(raw: Path, out: Path, images: Path, splits: dict[str, list[dict]], synthetic: bool) -> dict:
+def prepare_tmsc_extra(raw: Path, out: Path, images: Path, splits: dict[str, list[dict]], synthetic: bool,
+                       allow_count_mismatch: bool = False) -> dict:
     return _index_features(images, out, splits, synthetic)
 
 

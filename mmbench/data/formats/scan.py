@@ -86,7 +86,8 @@ def load_features(path: Path) -> np.ndarray:
     return array
 
 
-def index_features(raw: Path, out: Path, images: Path, splits: dict[str, list[dict]], synthetic: bool) -> dict:
+def index_features(raw: Path, out: Path, images: Path, splits: dict[str, list[dict]], synthetic: bool,
+                   allow_count_mismatch: bool = False) -> dict:
     """`prepare_extra`: check every split's features against its captions and record where they are."""
     features = {}
     dims = set()
