@@ -17,6 +17,19 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def _write_atomically(target: Path, write) -> None:
+    """Call write(tmp_path) on a temp file beside target, then rename it over target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_checkpoint(path: Path, model, optimizers: dict, schedulers: dict, loop_state: dict) -> None:
     state = {
         "model": unwrap(model).state_dict(),
@@ -26,26 +39,11 @@ def save_checkpoint(path: Path, model, optimizers: dict, schedulers: dict, loop_
         "rng": rng_state(),
         "loop": loop_state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def copy_checkpoint(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def load_checkpoint(path: Path, model, optimizers: dict | None = None, schedulers: dict | None = None,
