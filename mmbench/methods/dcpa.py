@@ -12,6 +12,10 @@ by this method each step; the recipe's engine schedule must be `constant`.
 Model selection: `select_rsum` = dev RSUM + 1000·(stage − 1), i.e. the best dev RSUM of the last stage
 reached (a Full-Model run never reports a stage-1 checkpoint).
 
+Text backbone (`model.text_backbone`): `bert` = frozen BERT word features from a cache (dcpa_text.py);
+`bigru` = SCAN's word embedding + Bi-GRU (dcpa_gru.py), trained with Intra-PAM in stage 1 (frozen with it
+in stage 2), its vocabulary built from the training captions in setup and kept in the model.
+
 Examples are captions (SCAN): caption j and its image j // 5 form a positive pair. Evaluation scores
 every image × caption pair of a split in blocks (`dcpa_eval.blocked_all_pairs`).
 """
@@ -31,6 +35,7 @@ from mmbench.engine.method import Method, StepControl
 from mmbench.engine.optim import schedule_factor
 from mmbench.errors import MmbenchError, RecipeError
 from mmbench.methods.dcpa_eval import blocked_all_pairs
+from mmbench.methods.dcpa_gru import BiGRUWordEncoder, TokenIds, build_vocab, check_checkpoint_vocab
 from mmbench.methods.dcpa_model import DCPADims, DCPAModel, hardest_negative_triplet
 from mmbench.methods.dcpa_text import word_features
 from mmbench.metrics.retrieval import average_folds, caption_ranks, recall_metrics
@@ -43,9 +48,17 @@ STAGE_OFFSET = 1000.0  # > any RSUM (max 600): makes (stage, RSUM) one number fo
 class DCPAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text_encoder: str = "bert-base-uncased"
+    text_backbone: Literal["bert", "bigru"] = "bert"  # Table I: BERT rows vs `[GRU]` rows
+    text_encoder: str = "bert-base-uncased"  # bert backbone only
     max_length: int = 128
     word_cache_dtype: Literal["float16", "float32"] = "float16"
+    # bigru backbone only (SCAN's EncoderText / vocab.py)
+    vocab_threshold: int = 4
+    vocab_splits: tuple[str, ...] = ("train",)
+    word_embed_dim: int = 300
+    gru_hidden: int = 1024
+    gru_layers: int = 1
+    train_text_backbone_in_stage2: bool = False
     embed_dim: int = 256
     heads: int = 16
     ffn_dim: int = 1024
@@ -91,6 +104,7 @@ class DCPA(Method):
                               "itself (model.lr_restart_epochs); use `constant` here")
         self.split_of = {"train": "train", "dev": "dev", "test": cfg.test_split}
         self.features, self.words = {}, {}
+        self.vocab = self._build_vocab() if cfg.text_backbone == "bigru" else None
         for split, source in self.split_of.items():
             if source not in self.data:
                 raise MmbenchError(f"prepared {self.recipe.dataset} has no split {source!r} (model.test_split)")
@@ -99,13 +113,25 @@ class DCPA(Method):
             if split == "dev" and cfg.dev_images is not None:
                 n = min(n, cfg.dev_images * CAPTIONS_PER_IMAGE)
             self.features[split] = open_features(self.manifest, source)
-            key = {"dataset": self.recipe.dataset, "split": source,
-                   "captions": self.manifest["raw_files"].get(f"{source}_caps.txt"), "synthetic": self.recipe.data.synthetic}
-            self.words[split] = word_features(list(rows["caption"]), key, cfg.text_encoder, cfg.max_length,
-                                              cfg.word_cache_dtype, self.ctx.device)
+            if self.vocab is not None:  # trainable backbone: token ids, nothing cached
+                self.words[split] = TokenIds(list(rows["caption"]), self.vocab)
+            else:
+                key = {"dataset": self.recipe.dataset, "split": source,
+                       "captions": self.manifest["raw_files"].get(f"{source}_caps.txt"), "synthetic": self.recipe.data.synthetic}
+                self.words[split] = word_features(list(rows["caption"]), key, cfg.text_encoder, cfg.max_length,
+                                                  cfg.word_cache_dtype, self.ctx.device)
             self.examples[split] = list(range(n))
         self.stage1_epochs = 0 if cfg.stage1_checkpoint else cfg.stage1_epochs
         self.stage = 1 if self.stage1_epochs > 0 else 2
+
+    def _build_vocab(self) -> list[str]:
+        """Deterministic: the same training captions always give the same vocabulary and ids."""
+        captions = []
+        for split in self.config.vocab_splits:
+            if split not in self.data:
+                raise MmbenchError(f"prepared {self.recipe.dataset} has no split {split!r} (model.vocab_splits)")
+            captions += list(self.data[split]["caption"])
+        return build_vocab(captions, self.config.vocab_threshold)
 
     def _regions(self, split: str, images: list[int]) -> torch.Tensor:
         unique, inverse = np.unique(np.asarray(images), return_inverse=True)
@@ -129,12 +155,20 @@ class DCPA(Method):
     # -- model ----------------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
         cfg = self.config
-        dims = DCPADims(region_dim=int(self.manifest["extra"]["region_dim"]), word_dim=self.words["train"].dim,
+        word_encoder = None
+        if cfg.text_backbone == "bigru":
+            word_encoder = BiGRUWordEncoder(self.vocab, cfg.word_embed_dim, cfg.gru_hidden, cfg.gru_layers)
+            word_dim = cfg.gru_hidden  # the GRU's directions are averaged: hidden, not 2 × hidden
+        else:
+            word_dim = self.words["train"].dim  # BERT's hidden size (768 for bert-base)
+        dims = DCPADims(region_dim=int(self.manifest["extra"]["region_dim"]), word_dim=word_dim,
                         dim=cfg.embed_dim, heads=cfg.heads, ffn_dim=cfg.ffn_dim, dropout=cfg.dropout,
                         filters=cfg.cnn_filters, windows=tuple(cfg.cnn_windows))
         self.model = DCPAModel(dims, cfg.top_k, cfg.intra_similarity, cfg.inter_similarity, cfg.decoupled,
-                               tuple(cfg.infer_weights))
+                               tuple(cfg.infer_weights), word_encoder)
         if cfg.stage1_checkpoint:
+            if word_encoder is not None:
+                check_checkpoint_vocab(cfg.stage1_checkpoint, self.vocab)
             load_checkpoint(cfg.stage1_checkpoint, self.model)
         # every parameter stays trainable here: the engine builds the optimiser from the trainable ones
         # after build_model; on_epoch_start freezes per stage (frozen ones get no grad, Adam skips them)
@@ -150,6 +184,8 @@ class DCPA(Method):
             p.requires_grad_(stage == 2)
         if stage == 2 and self.config.train_region_fc_in_stage2:
             self.model.intra.region_fc.requires_grad_(True)
+        if stage == 2 and self.config.train_text_backbone_in_stage2 and self.model.intra.word_encoder is not None:
+            self.model.intra.word_encoder.requires_grad_(True)
 
     def on_epoch_start(self, epoch: int) -> None:
         stage = 1 if epoch < self.stage1_epochs else 2

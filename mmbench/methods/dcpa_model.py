@@ -1,8 +1,10 @@
 """DCPA's network (Shi et al., IEEE TIP 2022, §III): feature extraction (FEM), Intra-PAM, Inter-PAM,
 the similarities S(i^V, c^T), S(i^T, c), S(i, c^V) and the hardest-negative triplet loss (eq 15).
 
-Shapes: regions [B, m, region_dim] (m = 36), words [B, n, word_dim] with a bool mask [B, n] (frozen
-BERT features, or any text backbone's). Everything that scores pairs returns [B_images, B_captions].
+Shapes: regions [B, m, region_dim] (m = 36), words [B, n, word_dim] with a bool mask [B, n]: frozen
+BERT features (word_dim = BERT's hidden size, 768), or token ids [B, n] when the model owns a trainable
+text backbone (the Bi-GRU of Table I's `[GRU]` rows: word_dim = its hidden size), which turns them into
+word features before anything downstream (textual phrase CNN, Inter-PAM) reads them. Everything that scores pairs returns [B_images, B_captions].
 Each side is encoded once (`encode_images` / `encode_captions`); `pair_scores` does the per-pair work,
 so training (all B×B pairs of a batch) and blocked evaluation share one code path.
 """
@@ -70,7 +72,7 @@ class TextPhraseCNN(nn.Module):
 @dataclass
 class DCPADims:
     region_dim: int = 2048
-    word_dim: int = 768
+    word_dim: int = 768  # of the word features every module reads: BERT hidden (768) or the Bi-GRU hidden size
     dim: int = 256
     heads: int = 16
     ffn_dim: int = 1024
@@ -80,11 +82,14 @@ class DCPADims:
 
 
 class IntraPAM(nn.Module):
-    """Stage 1 (§III-B). `region_fc` is the FEM's 2048→256 layer; Inter-PAM reads its output too."""
+    """Stage 1 (§III-B). `region_fc` is the FEM's 2048→256 layer; Inter-PAM reads its output too.
+    `word_encoder` is the FEM's trainable text side when there is one (Bi-GRU); None for frozen BERT,
+    whose features arrive precomputed. Both belong to stage 1 and freeze with Intra-PAM in stage 2."""
 
-    def __init__(self, d: DCPADims):
+    def __init__(self, d: DCPADims, word_encoder: nn.Module | None = None):
         super().__init__()
         self.region_fc = nn.Linear(d.region_dim, d.dim)  # FEM: o_k → r_k
+        self.word_encoder = word_encoder  # FEM: caption → c = {w_1..w_n}
         self.visual = EncoderLayer(d.dim, d.heads, d.ffn_dim, d.dropout)  # eqs (1)-(6)
         self.textual = TextPhraseCNN(d.word_dim, d.filters, d.windows, d.dim)  # eqs (7)-(9)
 
@@ -125,12 +130,13 @@ class InterPAM(nn.Module):
 
 class DCPAModel(nn.Module):
     def __init__(self, dims: DCPADims, top_k: int = 10, intra_similarity: str = "local_agg",
-                 inter_similarity: str = "local_agg", decoupled: bool = True, weights: tuple[float, float] = (0.6, 0.4)):
+                 inter_similarity: str = "local_agg", decoupled: bool = True, weights: tuple[float, float] = (0.6, 0.4),
+                 word_encoder: nn.Module | None = None):
         super().__init__()
         self.dims, self.top_k = dims, top_k
         self.intra_similarity, self.inter_similarity = intra_similarity, inter_similarity
         self.decoupled, self.weights = decoupled, weights
-        self.intra = IntraPAM(dims)
+        self.intra = IntraPAM(dims, word_encoder)
         self.inter = InterPAM(dims)
         # which stage this weight set belongs to: saved in checkpoints, so an evaluated checkpoint
         # scores with Intra-PAM alone (stage 1) or with both modules (stage 2)
@@ -146,6 +152,9 @@ class DCPAModel(nn.Module):
         return out
 
     def encode_captions(self, words: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """words: BERT features [B, n, word_dim], or token ids [B, n] for the model's own text backbone."""
+        if self.intra.word_encoder is not None:
+            words = self.intra.word_encoder(words, mask)  # Bi-GRU: ids → [B, n, word_dim]
         out = {"mask": mask}
         if int(self.stage) == 1 or not self.training:
             out["sentence"] = self.intra.textual(words, mask)  # eq (9): c^T
