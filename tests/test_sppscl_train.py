@@ -1,0 +1,126 @@
+"""SPP-SCL training on synthetic CLMLF data with tiny encoders: it learns, the two-step update
+follows Algorithm 1 without disturbing the schedule, the official variant runs, and batch-order-fixed
+evaluation is repeatable."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmbench.engine.method import RunContext, StepControl
+from mmbench.engine.runtime import World
+from mmbench.engine.trainer import build_session, evaluate, evaluate_run, fit
+from mmbench.methods.sppscl import _step_keeping_schedule
+from mmbench.recipes.loader import resolve
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("MMBENCH_RUNS", str(tmp_path / "runs"))
+    torch.set_num_threads(1)
+
+
+def _quiet(_):
+    pass
+
+
+def test_smoke_training_learns_and_evaluation_is_repeatable():
+    result = fit(resolve("sppscl/mvsa-single", smoke=True), seed=0, log=_quiet)
+    test = result["metrics"]["test"]
+    majority = 100 * 24 / 64  # the synthetic test split's largest class
+    assert test["accuracy"] > majority + 25
+    assert {"weighted_f1", "iid", "ttd", "itd"} <= set(test)
+    log = [json.loads(line) for line in (Path(result["run_dir"]) / "log.jsonl").read_text().splitlines()]
+    assert all("inter_steps" in row["train"] for row in log)
+    # fixed batches in file order: re-evaluating the best checkpoint gives the same predictions
+    run = Path(result["run_dir"])
+    first = evaluate_run(run, "test")
+    saved = (run / "predictions-test.jsonl").read_text()
+    assert evaluate_run(run, "test") == first == {k: v for k, v in first.items()}
+    assert (run / "predictions-test-best.jsonl").read_text() == saved
+    assert first["accuracy"] == test["accuracy"]
+
+
+def test_predictions_depend_on_batch_composition():
+    session = build_session(resolve("sppscl/mvsa-single", smoke=True), seed=0)
+    _, a = evaluate(session, session.model, "test")
+    session.method.recipe.train.eval_batch_size = 7
+    _, b = evaluate(session, session.model, "test")
+    assert [p["index"] for p in a] == list(range(64))
+    assert [p["index"] for p in b] == list(range(64))
+    # the branches (eval-mode BatchNorm) are per-sample; only the fusion mixes the batch
+    emb = lambda preds, key: torch.tensor([p[key] for p in preds])  # noqa: E731
+    assert torch.allclose(emb(a, "image_emb"), emb(b, "image_emb"), atol=1e-4)
+    assert torch.allclose(emb(a, "text_emb"), emb(b, "text_emb"), atol=1e-4)
+    logits_a = _logits(session, 32)
+    assert torch.allclose(logits_a, _logits(session, 32))  # repeatable
+    assert not torch.allclose(logits_a[:5], _logits(session, 5))  # the first 5 with other companions
+
+
+def _logits(session, size):
+    method, model = session.method, session.model.eval()
+    with torch.no_grad():
+        return model(method.collate(method.examples["test"][:size], "test"))["logits"]
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["model.two_step=false"], {"loss", "ce"}),
+    (["model.use_inter=false"], {"loss", "ce"}),
+    (["model.modality=text"], {"loss", "ce"}),
+    (["model.fusion=concat", "model.alpha=100"], {"loss", "ce", "inter_steps", "l_clm"}),
+])
+def test_train_step_variants(overrides, expected):
+    session = build_session(resolve("sppscl/hfm", overrides, smoke=True), seed=0)
+    method, model = session.method, session.model
+    optimizer = torch.optim.AdamW([p for _, p in method.parameters_for(model, "main")], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    step = StepControl(model, {"main": optimizer}, {"main": scheduler}, None, "global", session.ctx)
+    model.train()
+    batch = next(iter(method.train_batches(0)))
+    logs = method.train_step(model, batch, step)
+    assert set(logs) == expected
+    # Algorithm 1's second update (when it runs) does not advance the per-epoch schedule
+    assert scheduler.last_epoch == 1
+    assert not any(n.startswith("extractor") for n, _ in method.parameters_for(model, "main"))
+
+
+def test_second_step_updates_without_stepping_schedule():
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 ** s)
+    ctx = RunContext(torch.device("cpu"), None, World(), 0)
+    step = StepControl(layer, {"main": optimizer}, {"main": scheduler}, None, "global", ctx)
+    before = layer.weight.detach().clone()
+    layer(torch.ones(1, 2)).sum().backward()
+    _step_keeping_schedule(step)
+    assert not torch.equal(before, layer.weight) and scheduler.last_epoch == 0 and layer.weight.grad is None
+
+
+def test_official_variant_runs_live_encoders_in_train_mode():
+    resolved = resolve("sppscl/hfm-official", ["train.epochs=1"], smoke=True)
+    session = build_session(resolved, seed=0)
+    model = session.model
+    assert session.method.store == {} and model.extractor is not None
+    assert model.heads.classifier[-1].out_features == 3  # 3 outputs on binary HFM, as released
+    model.train()
+    assert model.extractor.training  # BERT dropout on, BatchNorm statistics move
+    bn = model.extractor.inner.image_model.body[1]
+    before = bn.running_mean.clone()
+    batch = next(iter(session.method.train_batches(0)))
+    assert batch["input_ids"].shape[1] == 32 + 2  # padded to max_length + 2 like the released code
+    with torch.no_grad():
+        model(batch)
+    assert not torch.equal(before, bn.running_mean)
+    paper = build_session(resolve("sppscl/hfm", ["model.feature_cache=false"], smoke=True), seed=0).model.train()
+    assert not paper.extractor.training  # paper variant: frozen encoders stay in eval mode
+    result = fit(resolved, seed=0, log=_quiet)
+    assert result["variant"] == "official" and result["examples"]["test"] == 64
+
+
+def test_cache_requires_deterministic_encoders():
+    from mmbench.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="feature_cache"):
+        resolve("sppscl/hfm", ["model.encoders_train_mode=true"], smoke=True)
