@@ -1,0 +1,58 @@
+"""Implicit hyper-gradient with a K-truncated Neumann series (CMCS eqs 13-14; Lorraine et al. 2020).
+
+For a lower problem θ*(φ) = argmin_θ L(θ, φ) and an upper loss L_dev(θ), the implicit function theorem
+gives (eq 13)
+
+    ∇_φ L_dev(θ*(φ)) = -∇_θ L_dev · (∇²_θ L)^{-1} · ∇_φ ∇_θ L |_(φ, θ*(φ)),
+
+and the inverse Hessian is replaced by a truncated Neumann series (eq 14)
+
+    (∇²_θ L)^{-1} ≈ γ Σ_{j=0..K} (I - γ ∇²_θ L)^j .
+
+CMCS's eq 14 is the γ = 1 case; Lorraine et al. scale by the lower learning rate γ so the series
+converges whenever the Hessian's eigenvalues lie in (0, 2/γ). Only Hessian-vector products are
+formed (`torch.autograd.grad` of the lower gradient), never the Hessian itself.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def neumann_inverse_hvp(lower_grad: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                        vector: Sequence[torch.Tensor], k: int, scale: float = 1.0) -> list[torch.Tensor]:
+    """p ≈ v · (∇²_θ L)^{-1} as γ Σ_{j=0..K} v (I - γH)^j (eq 14); `lower_grad` = ∇_θ L built with
+    create_graph=True, so each H·v is one more backward pass. H is symmetric, so v·H = H·v."""
+    v = [x.detach() for x in vector]
+    total = [x.clone() for x in v]  # the j = 0 term
+    for _ in range(k):
+        hv = torch.autograd.grad(lower_grad, params, grad_outputs=v, retain_graph=True)
+        v = [vi - scale * hi.detach() for vi, hi in zip(v, hv)]  # v (I - γH)^j
+        total = [ti + vi for ti, vi in zip(total, v)]
+    return [scale * ti for ti in total]
+
+
+def implicit_hypergradient(upper_grad: Sequence[torch.Tensor | None], lower_grad: Sequence[torch.Tensor | None],
+                           params: Sequence[torch.Tensor], hyper: Sequence[torch.Tensor], k: int,
+                           scale: float = 1.0, direct: Sequence[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+    """∇_φ L_dev by eqs 13-14, one tensor per hyper-parameter in `hyper`.
+
+    upper_grad: ∇_θ L_dev (any graph; only values are used), None where L_dev does not reach a parameter;
+    lower_grad: ∇_θ L(θ, φ) with create_graph=True (a function of θ and φ), None where L does not reach;
+    direct: optional ∂L_dev/∂φ added to the result (zero in CMCS: eq 13 has only the indirect term).
+    Parameters that the lower loss does not reach drop out (their Hessian rows are zero)."""
+    keep = [i for i, g in enumerate(lower_grad) if g is not None and g.requires_grad]
+    grads = [lower_grad[i] for i in keep]
+    kept_params = [params[i] for i in keep]
+    upper = [upper_grad[i] if upper_grad[i] is not None else torch.zeros_like(params[i]) for i in keep]
+    p = neumann_inverse_hvp(grads, kept_params, upper, k, scale)
+    mixed = torch.autograd.grad(grads, list(hyper), grad_outputs=p, retain_graph=False, allow_unused=True)  # p · ∇_φ∇_θ L
+    out = []
+    for i, (h, m) in enumerate(zip(hyper, mixed)):
+        value = -m.detach() if m is not None else torch.zeros_like(h)  # eq 13: the minus sign
+        if direct is not None and direct[i] is not None:
+            value = value + direct[i].detach()
+        out.append(value)
+    return out
