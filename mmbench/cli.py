@@ -201,7 +201,8 @@ def regress(update: bool = typer.Option(False, help="re-run and rewrite the gold
             paper: List[str] = typer.Option([], help="papers (default: every paper with goldens)"),
             recipe: List[str] = typer.Option([], help="with --update: recipes to guard (default: all of the paper's tables)"),
             dataset: Optional[str] = typer.Option(None, help="with --update: only this dataset"),
-            reason: Optional[str] = typer.Option(None, help="why the goldens change (required with --update)")):
+            reason: Optional[str] = typer.Option(None, help="why the goldens change (required with --update)"),
+            with_overrides: bool = typer.Option(False, help="with --update: also guard rows that add overrides (ablations, sweeps)")):
     """Check the smoke runs against the committed golden bands (or --update them)."""
     from mmbench.reproduce import check_goldens, update_goldens
 
@@ -209,7 +210,7 @@ def regress(update: bool = typer.Option(False, help="re-run and rewrite the gold
         if not reason:
             raise MmbenchError("--update needs --reason \"why the numbers change\"")
         for name in paper:
-            path = update_goldens(name, recipe, dataset, reason)
+            path = update_goldens(name, recipe, dataset, reason, with_overrides)
             typer.echo(f"wrote {path}")
         if not paper:
             raise MmbenchError("--update needs --paper")

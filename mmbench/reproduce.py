@@ -96,8 +96,9 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
     print(report(paper, "md", smoke))
 
 
-def update_goldens(paper: str, recipe_names: list[str], dataset: str | None, reason: str):
-    """Run the chosen smoke recipes of PAPER's tables once and store their metrics as goldens."""
+def update_goldens(paper: str, recipe_names: list[str], dataset: str | None, reason: str, with_overrides: bool = False):
+    """Run the chosen smoke recipes of PAPER's tables once and store their metrics as goldens.
+    Rows that add overrides (ablations, sweep points) are included only with `with_overrides`."""
     import tempfile
     from pathlib import Path
 
@@ -105,7 +106,8 @@ def update_goldens(paper: str, recipe_names: list[str], dataset: str | None, rea
     from mmbench.report.tables import plan
     from mmbench.results.goldens import entry_from_result, write_goldens
 
-    chosen = [r for r in plan(paper, dataset, smoke=True) if not recipe_names or r.name in recipe_names]
+    chosen = [r for r in plan(paper, dataset, smoke=True)
+              if (not recipe_names or r.name in recipe_names) and (with_overrides or not r.overrides)]
     if not chosen:
         raise MmbenchError(f"no smoke recipes of {paper} match {recipe_names or 'the tables'}")
     entries = []

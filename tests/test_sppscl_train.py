@@ -11,7 +11,6 @@ import torch
 from mmbench.engine.method import RunContext, StepControl
 from mmbench.engine.runtime import World
 from mmbench.engine.trainer import build_session, evaluate, evaluate_run, fit
-from mmbench.methods.sppscl import _step_keeping_schedule
 from mmbench.recipes.loader import resolve
 
 
@@ -94,7 +93,7 @@ def test_second_step_updates_without_stepping_schedule():
     step = StepControl(layer, {"main": optimizer}, {"main": scheduler}, None, "global", ctx)
     before = layer.weight.detach().clone()
     layer(torch.ones(1, 2)).sum().backward()
-    _step_keeping_schedule(step)
+    step.optimizer_step("main", advance_schedule=False)
     assert not torch.equal(before, layer.weight) and scheduler.last_epoch == 0 and layer.weight.grad is None
 
 

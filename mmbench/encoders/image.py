@@ -18,13 +18,17 @@ def _tiny(name: str):
                            image_size=TINY_IMAGE_SIZE, patch_size=8)
         return ViTModel(config, add_pooling_layer=False), ViTImageProcessor(size=size)
     if name == "tiny-clip":
-        from mmbench.encoders.tiny import tiny_vocab
+        from mmbench.encoders.tiny import TINY_HIDDEN, tiny_tokenizer, tiny_vocab
 
-        text = dict(vocab_size=len(tiny_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64, max_position_embeddings=64, projection_dim=32)
-        vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      image_size=TINY_IMAGE_SIZE, patch_size=8, projection_dim=32)
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+        tokenizer = tiny_tokenizer("bert")
+        text = dict(vocab_size=len(tiny_vocab()), hidden_size=TINY_HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, max_position_embeddings=77,
+                    # CLIP pools the first end-of-text token: the tiny tokenizer ends with [SEP]
+                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
+                    eos_token_id=tokenizer.sep_token_id)
+        vision = dict(hidden_size=TINY_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      image_size=TINY_IMAGE_SIZE, patch_size=8)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=TINY_HIDDEN))
         return model, CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size=size)
     if name == "tiny-resnet":
         config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], layer_type="basic")

@@ -62,7 +62,9 @@ class StepControl:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def optimizer_step(self, name: str = "main", parameters=None) -> None:
+    def optimizer_step(self, name: str = "main", parameters=None, advance_schedule: bool = True) -> None:
+        """Clip, step the optimiser, advance its LR schedule (unless a method takes a second update
+        within one batch, e.g. SPP-SCL's Algorithm 1) and zero its gradients."""
         optimizer = self.optimizers[name]
         params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
         if self.grad_clip is not None:
@@ -73,7 +75,8 @@ class StepControl:
             else:
                 torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         optimizer.step()
-        self.schedulers[name].step()
+        if advance_schedule:
+            self.schedulers[name].step()
         optimizer.zero_grad(set_to_none=True)
 
 

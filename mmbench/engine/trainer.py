@@ -120,12 +120,14 @@ def fit(resolved, seed: int, root: Path | None = None, resume: bool = False, dev
         method.on_epoch_start(epoch)
         wrapped.train()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # keys some steps report (e.g. an upper-level step every H) average over those
         n_steps = 0
         control.epoch = epoch
         for batch in method.train_batches(epoch):
             control.global_step = loop["global_step"]
             for key, value in method.train_step(wrapped, batch, control).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
+                counts[key] = counts.get(key, 0) + 1
             n_steps += 1
             loop["global_step"] += 1
             if crash_after and loop["global_step"] >= crash_after:
@@ -139,7 +141,7 @@ def fit(resolved, seed: int, root: Path | None = None, resume: bool = False, dev
             loop.update(best=value, best_epoch=epoch, bad_epochs=0)
         else:
             loop["bad_epochs"] += 1
-        row = {"epoch": epoch, "steps": n_steps, "train": {k: v / max(1, n_steps) for k, v in sums.items()},
+        row = {"epoch": epoch, "steps": n_steps, "train": {k: v / counts[k] for k, v in sums.items()},
                train.select_split: select_metrics, "lr": {n: s.get_last_lr()[0] for n, s in schedulers.items()},
                "seconds": round(time.time() - epoch_start, 3)}
         history.append(row)

@@ -258,7 +258,7 @@ class SPPSCL(Method):
             if applied:  # lines 12-14
                 l_clm = self._inter(out2, labels)
                 step.backward(l_clm)
-                _step_keeping_schedule(step)
+                step.optimizer_step("main", advance_schedule=False)  # Algorithm 1's second update
                 logs["l_clm"] = l_clm.item()
             logs["inter_steps"] = float(applied)
         return logs
@@ -298,13 +298,3 @@ class _LastLayers(torch.nn.Module):
         if "cls" in features:
             features["cls"], features["tokens"] = features["cls"][:, -self.k:], features["tokens"][:, -self.k:]
         return features
-
-
-def _step_keeping_schedule(step: StepControl) -> None:
-    """Algorithm 1's second optimizer.step(): one more update that does not advance the per-epoch
-    schedule (StepControl.optimizer_step would step the LR scheduler a second time per batch)."""
-    optimizer = step.optimizers["main"]
-    if step.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], step.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
