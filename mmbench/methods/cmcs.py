@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmbench.data.images import load_rgb, resolve_image, safe_image_path
 from mmbench.encoders.text import load_text_encoder
+from mmbench.data.collate import pad_sequences
 from mmbench.engine.method import Method, StepControl
 from mmbench.methods.cmcs_clip import load_clip
 from mmbench.methods.cmcs_model import CMCSModel, fuse_predictions, scheduled_loss
@@ -65,16 +66,6 @@ class CMCSConfig(BaseModel):
     prompt_template: str = "it's a picture of with a target of {target}"
     clip_max_length: int = 77
     trace: bool = True
-
-
-def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    return ids, mask
 
 
 def image_targets(rows) -> list[list[float]]:
@@ -158,15 +149,15 @@ class CMCS(Method):
 
     def collate(self, examples: list[dict]) -> dict:
         device = self.ctx.device
-        ids, mask = _pad([e["input_ids"] for e in examples], self.tokenizer.pad_token_id)
+        ids, mask = pad_sequences([e["input_ids"] for e in examples], self.tokenizer.pad_token_id)
         batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "index": [e["index"] for e in examples],
                  "labels": torch.tensor([e["label"] for e in examples], device=device)}
         if examples[0]["token_type_ids"] is not None:
-            batch["token_type_ids"] = _pad([e["token_type_ids"] for e in examples], 0)[0].to(device)
+            batch["token_type_ids"] = pad_sequences([e["token_type_ids"] for e in examples], 0)[0].to(device)
         for key in ("bert_prompt_ids", "clip_sentence_ids", "clip_prompt_ids"):
             if key in examples[0]:
                 pad = self.tokenizer.pad_token_id if key.startswith("bert") else self.clip_tokenizer.pad_token_id
-                ids, mask = _pad([e[key] for e in examples], pad)
+                ids, mask = pad_sequences([e[key] for e in examples], pad)
                 batch[key], batch[key + "_mask"] = ids.to(device), mask.to(device)
         if self.clip is not None:
             batch["pixel_values"] = self._pixels([e["image_path"] for e in examples]).to(device)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from mmbench.data.collate import pad_sequences
 from mmbench.engine.method import Method, StepControl
 from mmbench.methods import sppscl_features as feats
 from mmbench.methods.sppscl_losses import inter_supcon, intra_supcon, needs_inter_step, sentiment_distances, total_loss
@@ -173,7 +174,7 @@ class SPPSCL(Method):
         if self.uses_text:
             ids = [e["input_ids"] for e in examples]
             length = cfg.max_length + 2 if cfg.token_slice == "padded" else None  # released code pads to 202
-            input_ids, mask = feats._pad(ids, self.tokenizer.pad_token_id, length)
+            input_ids, mask = pad_sequences(ids, self.tokenizer.pad_token_id, length)
             word = torch.zeros_like(mask)
             for i, s in enumerate(ids):
                 word[i, 1 : (len(word[i]) - 1 if cfg.token_slice == "padded" else len(s) - 1)] = 1

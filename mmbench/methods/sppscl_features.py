@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmbench.data.collate import pad_sequences
 from mmbench.data.feature_cache import FeatureCache
 from mmbench.data.images import safe_image_path
 from mmbench.errors import DataError, WeightsNotFound
@@ -224,7 +225,7 @@ def text_cache(key: dict, lengths: list[int], hidden: int, layers: int, dtype: s
         def batches():
             for start in range(0, len(encoded), batch_size):
                 chunk = encoded[start : start + batch_size]
-                ids, mask = _pad([e["input_ids"] for e in chunk])
+                ids, mask = pad_sequences([e["input_ids"] for e in chunk])
                 with torch.no_grad():
                     states = extractor.text_states(ids.to(device), mask.to(device)).float().cpu().numpy()
                 rows = np.concatenate([states[i, :, : len(e["input_ids"])].transpose(1, 0, 2) for i, e in enumerate(chunk)])
@@ -251,13 +252,3 @@ def image_cache(key: dict, n: int, shape: tuple, dtype: str, extractor: FrozenEx
 
         cache.build(n, {"map": (tuple(shape), dtype), "ok": ((), "uint8")}, batches())
     return cache.open()
-
-
-def _pad(sequences: list[list[int]], pad: int = 0, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    length = length or max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask

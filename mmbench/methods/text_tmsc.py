@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from mmbench.data.collate import pad_sequences
 from mmbench.encoders.text import load_text_encoder
 from mmbench.engine.method import Method, StepControl
 from mmbench.metrics.classification import classification_metrics
@@ -67,23 +68,13 @@ class TextTMSC(Method):
         ]
 
     def collate(self, examples: list[dict]) -> dict:
-        length = max(len(e["input_ids"]) for e in examples)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(examples), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(examples), length), dtype=torch.long)
-        types = torch.zeros((len(examples), length), dtype=torch.long) if "token_type_ids" in examples[0] else None
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            ids[row, :n] = torch.tensor(example["input_ids"])
-            mask[row, :n] = 1
-            if types is not None:
-                types[row, :n] = torch.tensor(example["token_type_ids"])
         device = self.ctx.device
+        ids, mask = pad_sequences([e["input_ids"] for e in examples], self.tokenizer.pad_token_id)
         batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
                  "labels": torch.tensor([e["label"] for e in examples], device=device),
                  "index": [e["index"] for e in examples]}
-        if types is not None:
-            batch["token_type_ids"] = types.to(device)
+        if "token_type_ids" in examples[0]:
+            batch["token_type_ids"] = pad_sequences([e["token_type_ids"] for e in examples], 0)[0].to(device)
         return batch
 
     def build_model(self) -> torch.nn.Module:
