@@ -58,13 +58,14 @@ def test_cells_show_mean_std_n_paper_delta_and_tolerance_marks(demo):
     fake_run("demo/twitter17", 0, 62.0)
     text = report("demo")
     assert "| Method | T15 Acc | T17 Acc |" in text
-    ours = next(line for line in text.splitlines() if line.startswith("| Ours[^1]"))
+    ours = next(line for line in text.splitlines() if line.startswith("| Ours |"))
     assert "75.00±1.00 (3) / 75.00 (Δ +0.00 ✓)" in ours
     assert "62.00 (1) / 65.00 (Δ -3.00 ✗)" in ours
     other = next(line for line in text.splitlines() if line.startswith("| Other"))
     assert "— / 70.00" in other
     assert "not run / 75.00" in next(line for line in text.splitlines() if line.startswith("| Ours-lr"))
     assert "[^1]: a documented deviation" in text
+    assert "Notes for every mmbench row of this table: [^1]" in text  # shared notes cited once
     assert "ddof=1" in text
 
 
@@ -73,7 +74,7 @@ def test_row_overrides_select_their_own_runs(demo):
     fake_run("demo/twitter15", 0, 80.0)
     lines = report("demo").splitlines()
     assert "50.00 (1)" in next(l for l in lines if l.startswith("| Ours-lr"))
-    assert "80.00 (1)" in next(l for l in lines if l.startswith("| Ours["))
+    assert "80.00 (1)" in next(l for l in lines if l.startswith("| Ours |"))
 
 
 def test_smoke_runs_never_mix_with_full_runs(demo):

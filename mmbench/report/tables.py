@@ -106,13 +106,19 @@ def render_markdown(paper: PaperCfg, tables: list[tuple[TableCfg, list[RenderedR
         lines.append("| Method | " + " | ".join(c.header for c in table.columns) + " |")
         lines.append("|---|" + "---|" * len(table.columns))
         group = None
+        # footnotes every mmbench row shares are cited once under the table, not on each row
+        ours = [set(r.footnotes) for r in rows if r.row.recipe]
+        shared = set.intersection(*ours) if len(ours) > 1 else set()
         for r in rows:
             if r.row.group and r.row.group != group:
                 group = r.row.group
                 lines.append(f"| *{group}* |" + " |" * len(table.columns))
-            label = r.row.label + "".join(f"[^{n}]" for n in r.footnotes) + (" †" if r.non_reportable else "")
+            own = [n for n in r.footnotes if n not in shared]
+            label = r.row.label + "".join(f"[^{n}]" for n in own) + (" †" if r.non_reportable else "")
             lines.append(f"| {label} | " + " | ".join(format_cell(c, smoke) for c in r.cells) + " |")
         lines.append("")
+        if shared:
+            lines.append("Notes for every mmbench row of this table: " + " ".join(f"[^{n}]" for n in sorted(shared)))
         aggregations = sorted({r.row.aggregation for r in rows if r.row.recipe})
         if aggregations:
             lines.append(f"Paper's aggregation for our rows: {'; '.join(aggregations)}.")
