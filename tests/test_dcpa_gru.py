@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from mmbench.engine.checkpoint import load_checkpoint
-from mmbench.engine.method import StepControl
-from mmbench.engine.optim import build_optimizer, build_scheduler
+from mmbench.engine.optim import build_optimizer
 from mmbench.engine.trainer import build_session, fit
 from mmbench.errors import MmbenchError
 from mmbench.methods import dcpa, dcpa_text
 from mmbench.methods.dcpa_gru import (BiGRUWordEncoder, TokenIds, build_vocab, check_checkpoint_vocab, encode,
                                       tokenize, vocab_from_bytes)
 from mmbench.recipes.loader import load_paper, resolve
+from test_dcpa_method import _step as dcpa_step
 
 torch.set_num_threads(1)
 
@@ -86,13 +86,9 @@ def test_bigru_encoder_averages_directions_like_a_hand_run_gru():
 
 # -- method --------------------------------------------------------------------------------------------
 def _step(session, optimizer, epoch):
-    method, model = session.method, session.model
-    control = StepControl(model, {"main": optimizer}, {"main": build_scheduler(optimizer, method.recipe.train.optimizers["main"].schedule, 10, 1)},
-                          None, "global", session.ctx, epoch=epoch)
-    model.train()
-    batch = next(iter(method.train_batches(epoch)))
+    batch = next(iter(session.method.train_batches(epoch)))
     assert batch["words"].dtype == torch.long  # token ids: the GRU runs inside the model
-    return method.train_step(model, batch, control)
+    return dcpa_step(session, optimizer, epoch)
 
 
 def test_gru_backbone_trains_in_stage_one_freezes_in_stage_two_and_never_uses_the_bert_cache(monkeypatch):
