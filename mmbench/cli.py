@@ -172,7 +172,7 @@ def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbe
     if not papers:
         raise MmbenchError("name a paper or pass --all")
     for name in papers:
-        text = render(name, format, smoke)
+        text = render(name, format, smoke, plot_dir=out)
         if out:
             ext = {"md": "md", "latex": "tex", "csv": "csv"}[format]
             atomic_write_text(out / f"{name}{'-smoke' if smoke else ''}.{ext}", text)

@@ -121,13 +121,3 @@ def test_pixels_follow_vit_normalisation_and_missing_image_policy(tmp_path):
     assert method._pixels("nope.jpg").abs().sum() == 0
 
 
-def test_plot_sweep_writes_png(tmp_path):
-    from mmbench.methods.dtca import parse_sweep_point, plot_sweep
-
-    assert parse_sweep_point(["model.alpha=0.3", "model.beta=1.0", "train.seeds=[0]"]) == ("alpha", 0.3)
-    assert parse_sweep_point(["model.alpha=1.0", "model.beta=0.6"]) == ("beta", 0.6)
-    assert parse_sweep_point(["train.seeds=[0]"]) is None
-    rows = [{"param": p, "value": v, "dataset": d, "f1": 60 + v} for p in ("alpha", "beta") for v in (0.1, 0.6, 1.0)
-            for d in ("twitter15", "twitter17")]
-    path = plot_sweep(rows, tmp_path / "fig" / "figure4.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

@@ -118,3 +118,18 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
         atomic_write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+def test_sweep_tables_are_plotted_when_runs_exist(demo, tmp_path):
+    from mmbench.report.plots import row_x
+
+    assert row_x("α = 1/3", 0) == pytest.approx(1 / 3) and row_x("K = 10", 0) == 10 and row_x("Ours", 4) == 4
+    paper = (demo / "recipes" / "demo" / "paper.yaml")
+    paper.write_text(PAPER.replace('    rows:\n      - {group: Text, label: Other', '    plot: true\n    rows:\n      - {group: Text, label: Other'))
+    out = tmp_path / "tables"
+    assert "written by `mmbench report --out DIR` once runs exist" in report("demo", plot_dir=out)
+    assert not out.exists()  # nothing ran: no empty figure
+    fake_run("demo/twitter15", 0, 76.5)
+    text = report("demo", plot_dir=out)
+    assert "![Table 1: demo](demo-t1.png)" in text
+    assert (out / "demo-t1.png").read_bytes()[:4] == b"\x89PNG"

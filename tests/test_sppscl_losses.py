@@ -206,13 +206,6 @@ def test_cross_modal_fusion_eq3():
     assert not torch.allclose(cmf(image[:2], text[:2])[0], cmf(image, text)[0])
 
 
-def test_plot_sweep_writes_png(tmp_path):
-    from mmbench.methods.sppscl_plots import plot_sweep
-
-    path = plot_sweep({"MVSA-S": [(1 / 3, 78.0), (2 / 3, 81.3), (1.0, 79.0)]}, tmp_path / "fig5.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*"))
-
-
 def test_intra_supcon_matches_pytorch_metric_learning_supcon():
     """Where the definitions coincide (mean over positives, self excluded), ours = the library's SupConLoss."""
     losses = pytest.importorskip("pytorch_metric_learning.losses")

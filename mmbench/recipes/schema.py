@@ -109,6 +109,8 @@ class TableCfg(Strict):
     columns: list[ColumnCfg]
     rows: list[RowCfg]
     notes: list[str] = Field(default_factory=list)
+    # the paper draws this table as a figure: `report --out DIR` also writes DIR/<paper>-<id>.png
+    plot: bool = False
 
     @model_validator(mode="after")
     def _paper_values_match_columns(self):

@@ -94,7 +94,8 @@ def format_cell(cell: Cell, smoke: bool) -> str:
     return f"{ours} / {_fmt(cell.paper)} (Δ {cell.delta:+.2f}{mark})"
 
 
-def render_markdown(paper: PaperCfg, tables: list[tuple[TableCfg, list[RenderedRow]]], notes: list[str], smoke: bool) -> str:
+def render_markdown(paper: PaperCfg, tables: list[tuple[TableCfg, list[RenderedRow]]], notes: list[str], smoke: bool,
+                    plots: dict[str, str] | None = None) -> str:
     lines = [f"# {paper.title}", ""]
     if smoke:
         lines += [f"> {SMOKE_BANNER}", ""]
@@ -123,6 +124,9 @@ def render_markdown(paper: PaperCfg, tables: list[tuple[TableCfg, list[RenderedR
         if aggregations:
             lines.append(f"Paper's aggregation for our rows: {'; '.join(aggregations)}.")
         lines += [f"- {note}" for note in table.notes]
+        if table.plot:
+            image = (plots or {}).get(table.id)
+            lines.append(f"\n![{table.title}]({image})" if image else "- Plot: written by `mmbench report --out DIR` once runs exist.")
         if any(r.row.recipe is None for r in rows):
             lines.append("- — : a row mmbench does not implement (the paper's number only).")
         if any(r.non_reportable for r in rows):
@@ -177,16 +181,26 @@ def _tex(text: str) -> str:
     return text
 
 
-def report(paper_name: str, fmt: str = "md", smoke: bool = False, runs_root: Path | None = None) -> str:
+def report(paper_name: str, fmt: str = "md", smoke: bool = False, runs_root: Path | None = None,
+           plot_dir: Path | None = None) -> str:
+    """The paper's tables as md/latex/csv; with plot_dir, tables marked `plot:` are also drawn as PNGs."""
+    from mmbench.report.plots import plot_table
+
     paper = load_paper(paper_name)
     all_runs = find_runs(runs_root)
     notes: list[str] = []
     tables = [(t, build_table(paper, t, all_runs, smoke, notes)) for t in paper.tables]
+    plots = {}
+    for table, rows in tables:
+        if table.plot and plot_dir is not None:
+            name = f"{paper_name}-{table.id}{'-smoke' if smoke else ''}.png"
+            if plot_table(table, rows, plot_dir / name):
+                plots[table.id] = name
     if fmt == "csv":
         return render_csv(paper, tables, smoke)
     if fmt == "latex":
         return render_latex(paper, tables, smoke)
-    return render_markdown(paper, tables, notes, smoke)
+    return render_markdown(paper, tables, notes, smoke, plots)
 
 
 def plan(paper_name: str, dataset: str | None, smoke: bool) -> list[ResolvedRecipe]:
