@@ -85,7 +85,7 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
     progress = Progress(len(jobs))
     try:
         for resolved, seed in jobs:
-            label = f"{resolved.name} seed {seed}"
+            label = f"{resolved.name} seed {seed}" + (f" [{' '.join(resolved.overrides)}]" if resolved.overrides else "")
             if skip_existing and (store.run_dir(resolved, seed) / store.METRICS_FILE).exists():
                 progress.log(f"skip (exists): {label}")
             else:
