@@ -146,3 +146,22 @@ def test_two_process_evaluation_matches_one_process(mm_env):
     line = [l for l in one.stdout.splitlines() if l.startswith("test")][0]
     assert line in two.stdout
     assert f"accuracy={result['metrics']['test']['accuracy']:.4f}" in line
+
+
+@pytest.mark.slow
+def test_two_process_training_matches_one_process(mm_env):
+    """torchrun with 2 gloo processes: each global batch is split across ranks and gradients are
+    averaged, so (without dropout, with equal halves) training ends where 1 process ends."""
+    args = ["-m", "mmbench.cli", "train", "baselines/twitter15-bert", "--smoke", "--device", "cpu",
+            "--set", "model.dropout=0", "--set", "model.encoder_dropout=0", "--set", "train.epochs=2", "--set", "train.batch_size=32", "--set", "train.drop_last=true"]
+    one = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "MMBENCH_RUNS": str(mm_env / "one")})
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534", *args],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "MMBENCH_RUNS": str(mm_env / "two")})
+    assert two.returncode == 0, two.stderr[-2000:]
+    (a,), (b,) = (list((mm_env / d).glob("*/*/*/*/metrics.json")) for d in ("one", "two"))
+    first, second = json.loads(a.read_text()), json.loads(b.read_text())
+    assert second["environment"]["world_size"] == 2 and first["examples"] == second["examples"]
+    assert second["metrics"]["test"]["accuracy"] == pytest.approx(first["metrics"]["test"]["accuracy"], abs=1e-9)
+    assert second["final_train"]["loss"] == pytest.approx(first["final_train"]["loss"], rel=1e-4)

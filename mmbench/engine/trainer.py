@@ -63,6 +63,19 @@ def _set_threads(smoke: bool) -> None:
         torch.set_num_threads(int(threads or 1))
 
 
+def _merge_logs(world: World, sums: dict, counts: dict) -> tuple[dict, dict]:
+    """Under DDP each rank logs its own slice's losses: add every rank's sums and counts so the
+    logged value is the mean over the global batches, as in one process."""
+    if not world.distributed:
+        return sums, counts
+    merged_sums, merged_counts = {}, {}
+    for rank_sums, rank_counts in gather_objects(world, [(sums, counts)]):
+        for key, value in rank_sums.items():
+            merged_sums[key] = merged_sums.get(key, 0.0) + value
+            merged_counts[key] = merged_counts.get(key, 0) + rank_counts[key]
+    return merged_sums, merged_counts
+
+
 def _better(value: float, best: float | None, mode: str, ties_to_later: bool) -> bool:
     if best is None:
         return True
@@ -132,6 +145,7 @@ def fit(resolved, seed: int, root: Path | None = None, resume: bool = False, dev
             loop["global_step"] += 1
             if crash_after and loop["global_step"] >= crash_after:
                 raise RuntimeError(f"{CRASH_ENV}={crash_after}: simulated crash at step {loop['global_step']}")
+        sums, counts = _merge_logs(ctx.world, sums, counts)
         select_metrics, _ = evaluate(session, model, train.select_split)
         value = select_metrics.get(train.select_metric)
         if value is None:

@@ -27,6 +27,7 @@ class TextTMSCConfig(BaseModel):
     sentence_form: Literal["keep_placeholder", "substitute"] = "keep_placeholder"
     lowercase: bool = False  # ITM lowercases text for roberta-base (a cased vocabulary)
     dropout: float = 0.1
+    encoder_dropout: float | None = None  # None keeps the encoder config's dropout
     num_labels: int = 3
 
 
@@ -78,6 +79,10 @@ class TextTMSC(Method):
         return batch
 
     def build_model(self) -> torch.nn.Module:
+        if self.config.encoder_dropout is not None:
+            for module in self.encoder.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = self.config.encoder_dropout
         return FirstTokenClassifier(self.encoder, self.config.num_labels, self.config.dropout)
 
     @staticmethod
