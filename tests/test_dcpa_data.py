@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL as REAL_DATA
 
 from mmbench.data.formats import scan
 from mmbench.data.prepare import load_prepared, prepare
 from mmbench.errors import DataError
 
-REAL = Path("/work/shared/data/real/SCAN/data/f30k_precomp")
+# the real upstream files live in ../shared beside the checkout (skipped when absent)
+REAL = REAL_DATA / "SCAN" / "data" / "f30k_precomp"
 
 
 @pytest.fixture(autouse=True)

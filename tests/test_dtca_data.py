@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import REAL as REAL_DATA
 
 from mmbench.data.formats.mabsa import (
     B_OFFSET, I_TAG, NUM_TAGS, PUBLISHED_STATISTICS, group_rows, statistics, tags_to_triples, triples_to_tags)
@@ -14,7 +15,8 @@ from mmbench.data.formats.tombert import read_txt, write_txt
 from mmbench.errors import DataError
 from mmbench.metrics.span_f1 import span_f1
 
-REAL = Path("/work/shared/data/real/TomBERT/absa_data/twitter2015")
+# the real upstream files live in ../shared beside the checkout (skipped when absent)
+REAL = REAL_DATA / "TomBERT" / "absa_data" / "twitter2015"
 
 
 def _row(sentence, target, label, image="1.jpg"):

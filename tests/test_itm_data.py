@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL as REAL_DATA
 
 from mmbench.data.formats import itm_pkl
 from mmbench.data.formats.itm_features import RegionStore, build_region_store, write_region_file
 from mmbench.errors import DataError
 
-REAL = Path("/work/shared/data/real")
+# the real upstream files live in ../shared beside the checkout (skipped when absent)
+REAL = REAL_DATA
 REAL_VG = REAL / "ITM/data/Image_Target_Matching"
 REAL_T15 = REAL / "ITM/data/Sentiment_Analysis/twitter2015"
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL as REAL_DATA
 import torch
 
 from mmbench.data.feature_cache import FeatureCache
@@ -13,7 +14,8 @@ from mmbench.data.formats import clmlf
 from mmbench.data.prepare import prepare
 from mmbench.errors import DataError
 
-REAL = Path("/work/shared/data/real")
+# the real upstream files live in ../shared beside the checkout (skipped when absent)
+REAL = REAL_DATA
 needs_real = pytest.mark.skipif(not (REAL / "CLMLF").is_dir(), reason="real CLMLF files not available")
 
 
