@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from mmbench.data.formats.tombert import LABEL_NAMES, published_stats
 from mmbench.registry import Registry
 
 SplitReader = Callable[[Path, str], "tuple[list[dict], list[Path]]"]
@@ -46,32 +47,16 @@ _TOMBERT_SOURCE = (
 )
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
-DATASETS.register(
-    "twitter15",
-    DatasetSpec(
-        name="twitter15",
-        title="Twitter-2015 (TMSC)",
-        source=_TOMBERT_SOURCE.format(folder="absa_data/twitter2015", images="twitter2015_images"),
+for _name, _year, _folder in (("twitter15", "2015", "twitter2015"), ("twitter17", "2017", "twitter")):
+    DATASETS.register(_name, DatasetSpec(
+        name=_name,
+        title=f"Twitter-{_year} (TMSC)",
+        source=_TOMBERT_SOURCE.format(folder=f"absa_data/{_folder}", images=f"twitter{_year}_images"),
         read_split=_tombert_reader,
         write_synthetic=_tombert_synthetic,
-        published_counts={"train": 3179, "dev": 1122, "test": 1037},
-        published_label_counts={"train": (368, 1883, 928)},
-        label_names=("negative", "neutral", "positive"),
-    ),
-)
-DATASETS.register(
-    "twitter17",
-    DatasetSpec(
-        name="twitter17",
-        title="Twitter-2017 (TMSC)",
-        source=_TOMBERT_SOURCE.format(folder="absa_data/twitter", images="twitter2017_images"),
-        read_split=_tombert_reader,
-        write_synthetic=_tombert_synthetic,
-        published_counts={"train": 3562, "dev": 1176, "test": 1234},
-        published_label_counts={"train": (416, 1638, 1508)},
-        label_names=("negative", "neutral", "positive"),
-    ),
-)
+        label_names=tuple(LABEL_NAMES),
+        **published_stats(_name),
+    ))
 
 
 # Datasets of single papers live beside their readers and register here lazily ("module:attr").

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from mmbench.data.catalog import DatasetSpec
 from mmbench.data.formats.itm_features import build_region_store
+from mmbench.data.formats.tombert import published_stats
 from mmbench.errors import DataError, located
 
 PLACEHOLDER = "$T$"
@@ -187,25 +188,20 @@ ITM_VG_SPEC = DatasetSpec(
     label_names=LABEL_NAMES,
     prepare_extra=prepare_vg_extra,
 )
-ITM_TWITTER15_SPEC = DatasetSpec(
-    name="itm-twitter15",
-    title="Twitter-2015 (TMSC), ITM's pkl form",
-    source=_SOURCE.format(folder="Sentiment_Analysis/twitter2015/{train,dev,test}.pkl"),
-    read_split=read_tmsc_split,
-    write_synthetic=_tmsc_synthetic,
-    published_counts={"train": 3179, "dev": 1122, "test": 1037},
-    published_label_counts={"train": (368, 1883, 928), "dev": (149, 670, 303), "test": (113, 607, 317)},
-    label_names=LABEL_NAMES,
-    prepare_extra=prepare_tmsc_extra,
-)
-ITM_TWITTER17_SPEC = DatasetSpec(
-    name="itm-twitter17",
-    title="Twitter-2017 (TMSC), ITM's pkl form",
-    source=_SOURCE.format(folder="Sentiment_Analysis/twitter2017/{train,dev,test}.pkl"),
-    read_split=read_tmsc_split,
-    write_synthetic=_tmsc_synthetic,
-    published_counts={"train": 3562, "dev": 1176, "test": 1234},
-    published_label_counts={"train": (416, 1638, 1508), "dev": (144, 517, 515), "test": (168, 573, 493)},
-    label_names=LABEL_NAMES,
-    prepare_extra=prepare_tmsc_extra,
-)
+
+
+def _tmsc_spec(name: str, folder: str) -> DatasetSpec:
+    return DatasetSpec(
+        name=f"itm-{name}",
+        title=f"Twitter-20{name[-2:]} (TMSC), ITM's pkl form",
+        source=_SOURCE.format(folder=f"Sentiment_Analysis/{folder}/{{train,dev,test}}.pkl"),
+        read_split=read_tmsc_split,
+        write_synthetic=_tmsc_synthetic,
+        label_names=LABEL_NAMES,
+        prepare_extra=prepare_tmsc_extra,
+        **published_stats(name),
+    )
+
+
+ITM_TWITTER15_SPEC = _tmsc_spec("twitter15", "twitter2015")
+ITM_TWITTER17_SPEC = _tmsc_spec("twitter17", "twitter2017")

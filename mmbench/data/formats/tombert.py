@@ -18,6 +18,20 @@ from mmbench.errors import DataError, located
 PLACEHOLDER = "$T$"
 LABEL_NAMES = ["negative", "neutral", "positive"]
 
+# Published statistics of the Twitter TMSC splits (ITM Table 2; identical in TomBERT's and ITM's
+# files): per split, (targets, (negative, neutral, positive)).
+TWITTER_STATS = {
+    "twitter15": {"train": (3179, (368, 1883, 928)), "dev": (1122, (149, 670, 303)), "test": (1037, (113, 607, 317))},
+    "twitter17": {"train": (3562, (416, 1638, 1508)), "dev": (1176, (144, 517, 515)), "test": (1234, (168, 573, 493))},
+}
+
+
+def published_stats(name: str) -> dict:
+    """`published_counts` and `published_label_counts` of a DatasetSpec for twitter15/twitter17."""
+    stats = TWITTER_STATS[name]
+    return {"published_counts": {split: n for split, (n, _) in stats.items()},
+            "published_label_counts": {split: labels for split, (_, labels) in stats.items()}}
+
 
 def _check_sentence(path: Path, line: int, sentence: str) -> None:
     count = sentence.count(PLACEHOLDER)
