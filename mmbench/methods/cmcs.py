@@ -213,7 +213,8 @@ class CMCS(Method):
         return [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(frozen_prefixes)]
 
     def upper_step(self, model: CMCSModel, batch: dict, step: StepControl) -> dict[str, float]:
-        """One upper-level update of φ = {α, β} (Algorithm 1 lines 11-12)."""
+        """One upper-level update of φ = {α, β} (Algorithm 1 lines 11-12): the outer problem of the
+        bi-level eq (11), min_φ L_dev(θ*(φ)), with θ from the H lower steps of eq (12)."""
         params = self.hyper_parameters(model)
         phi = [model.scheduler.alpha, model.scheduler.beta]
         # the upper step runs in fp32 even under bf16 training: Hessian-vector products are numerically sensitive

@@ -104,14 +104,11 @@ def load_image(name: str, tiny: bool = False) -> ImageEncoder:
         return _tiny_image(family)
     from transformers import AutoImageProcessor, AutoModel
 
-    try:
-        kwargs = {"add_pooling_layer": False} if family in ("vit", "deit") else {}
-        model = AutoModel.from_pretrained(name, dtype=torch.float32, **kwargs)
-        processor = AutoImageProcessor.from_pretrained(name)
-    except OSError as exc:
-        raise WeightsNotFound(
-            f"model.image_encoder={name}: weights not available ({str(exc).splitlines()[0]}); download it once "
-            "with internet (cached under $HF_HOME) or `--set model.image_encoder=/path/to/local/dir`") from None
+    from mmbench.encoders.pretrained import load_or_explain
+
+    kwargs = {"add_pooling_layer": False} if family in ("vit", "deit") else {}
+    model, processor = load_or_explain(name, "image_encoder", lambda source: (
+        AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs), AutoImageProcessor.from_pretrained(source)))
     size = model.config.image_size
     return ImageEncoder(model, lambda images: processor(images, return_tensors="pt")["pixel_values"],
                         PREFIX_TOKENS[family], _hidden(model), size)

@@ -74,10 +74,9 @@ def load_image_encoder(name: str, weights: str | None = None) -> nn.Module:
     if name == "tiny-cnn":
         return TinyCNN()
     if name == "tiny-vit":
-        from transformers import ViTConfig, ViTModel
+        from mmbench.encoders.image import load_image_encoder as load_preset
 
-        return ViTMap(ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                         image_size=32, patch_size=8), add_pooling_layer=False))
+        return ViTMap(load_preset("tiny-vit")[0])
     if name.startswith("resnet"):
         import torchvision
 
