@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from mmbench.methods.dcpa_eval import blocked_all_pairs
-from mmbench.methods.dcpa_model import DCPADims, DCPAModel
+from mmbench.papers.dcpa.evaluate import blocked_all_pairs
+from mmbench.papers.dcpa.model import DCPADims, DCPAModel
 
 
 def main() -> None:

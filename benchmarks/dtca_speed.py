@@ -31,7 +31,7 @@ def _time(fn, repeat: int, device: str) -> float:
 def bench_ot(device: str, batch: int, tokens: int, patches: int, dim: int, repeat: int) -> None:
     import ot
 
-    from mmbench.methods.dtca_ot import ipot_loss, nmse_cost, wasserstein_loss
+    from mmbench.papers.dtca.alignment import ipot_loss, nmse_cost, wasserstein_loss
 
     text = torch.randn(batch, tokens + 2, dim, device=device, requires_grad=True)
     image = torch.randn(batch, patches, dim, device=device, requires_grad=True)
@@ -59,9 +59,9 @@ def bench_ot(device: str, batch: int, tokens: int, patches: int, dim: int, repea
 
 
 def bench_step(device: str, real: bool, repeat: int) -> None:
-    from mmbench.methods.dtca import DTCAConfig
-    from mmbench.methods.dtca_encoders import load_image, load_text
-    from mmbench.methods.dtca_model import DTCAModel
+    from mmbench.papers.dtca.method import DTCAConfig
+    from mmbench.papers.dtca.encoders import load_image, load_text
+    from mmbench.papers.dtca.model import DTCAModel
 
     config = DTCAConfig(tiny_encoders=not real)
     text_encoder, _ = load_text(config.text_encoder, config.tiny_encoders)

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from mmbench.methods.itm import ITMConfig
-from mmbench.methods.itm_model import ITMNetwork, alignment_loss, relevance_loss, sentiment_loss
+from mmbench.papers.itm.method import ITMConfig
+from mmbench.papers.itm.model import ITMNetwork, alignment_loss, relevance_loss, sentiment_loss
 
 SIZES = {
     "small": dict(hidden=64, layers=2, heads=2, ffn=128, region_dim=256, batch=8, length=32),

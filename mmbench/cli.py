@@ -51,7 +51,7 @@ def ls(what: str = typer.Argument(..., help="papers | recipes | datasets | metho
         for name in DATASETS.names():
             typer.echo(name)
     elif what == "methods":
-        from mmbench.methods import method_registry
+        from mmbench.papers import method_registry
 
         for name in method_registry.names():
             typer.echo(name)

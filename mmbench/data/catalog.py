@@ -61,9 +61,9 @@ for _name, _year, _folder in (("twitter15", "2015", "twitter2015"), ("twitter17"
 
 # Datasets of single papers live beside their readers and register here lazily ("module:attr").
 for _name, _target in {
-    "itm-vg": "mmbench.data.formats.itm_pkl:ITM_VG_SPEC",
-    "itm-twitter15": "mmbench.data.formats.itm_pkl:ITM_TWITTER15_SPEC",
-    "itm-twitter17": "mmbench.data.formats.itm_pkl:ITM_TWITTER17_SPEC",
+    "itm-vg": "mmbench.papers.itm.data:ITM_VG_SPEC",
+    "itm-twitter15": "mmbench.papers.itm.data:ITM_TWITTER15_SPEC",
+    "itm-twitter17": "mmbench.papers.itm.data:ITM_TWITTER17_SPEC",
     "mvsa-single": "mmbench.data.formats.clmlf:MVSA_SINGLE_SPEC",
     "mvsa-multiple": "mmbench.data.formats.clmlf:MVSA_MULTIPLE_SPEC",
     "hfm": "mmbench.data.formats.clmlf:HFM_SPEC",

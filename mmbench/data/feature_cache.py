@@ -5,7 +5,7 @@ image size, max length, split, dataset manifest hash, ...); its sha256 names the
 change of any part makes a new cache. A cache is built in a temp folder and renamed into place only
 when complete (`meta.json` written last), so a half-written cache is never read.
 
-    cache = FeatureCache(key={"encoder": "bert-base-uncased", "split": "train", ...}, name="sppscl-text")
+    cache = FeatureCache(key={"encoder": "bert-base-uncased", "split": "train", ...}, name="bert-text")
     if not cache.complete:
         cache.build(n, {"cls": ((4, 768), "float32")}, batches())   # batches yields (start, {field: array})
     arrays = cache.open()                                              # {field: np.memmap}, read-only

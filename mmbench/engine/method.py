@@ -1,6 +1,6 @@
 """The small interface every paper's method implements. The engine drives it and never knows a
-paper's name: alternating optimisers (ITM), bi-level updates (CMCS), conditional second steps
-(SPP-SCL) and staged training (DCPA) all live inside a method's `train_step`.
+paper's name: alternating optimisers, bi-level updates, conditional second steps and staged
+training all live inside a method's `train_step`.
 
 A method:
 - `setup()`: turn the prepared splits into examples (tokenised, features looked up, ...);
@@ -64,7 +64,7 @@ class StepControl:
 
     def optimizer_step(self, name: str = "main", parameters=None, advance_schedule: bool = True) -> None:
         """Clip, step the optimiser, advance its LR schedule (unless a method takes a second update
-        within one batch, e.g. SPP-SCL's Algorithm 1) and zero its gradients."""
+        within one batch, e.g. a conditional second step) and zero its gradients."""
         optimizer = self.optimizers[name]
         params = parameters if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
         if self.grad_clip is not None:

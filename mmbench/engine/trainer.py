@@ -34,7 +34,7 @@ class Session:
 def build_session(resolved, seed: int, device: str | None = None, world: World | None = None,
                   run_dir: Path | None = None) -> Session:
     from mmbench.data.prepare import load_prepared
-    from mmbench.methods import method_registry
+    from mmbench.papers import method_registry
 
     recipe = resolved.recipe
     _set_threads(resolved.smoke)

@@ -1,7 +1,7 @@
 """Classification metrics through scikit-learn, as percentages (×100) like the papers print them.
 
 macro-F1 is sklearn's mean of per-class F1 (`precision_recall_fscore_support(average='macro')`, the
-convention of ITM/TomBERT), not 2PR/(P+R) of the macro precision and recall."""
+convention of the TomBERT-lineage released code), not 2PR/(P+R) of the macro precision and recall."""
 
 from __future__ import annotations
 

@@ -162,7 +162,7 @@ def validation_message(source: str, exc: ValidationError, schema: type[BaseModel
 
 
 def resolve(name_or_path: str, overrides: list[str] | None = None, smoke: bool = False) -> ResolvedRecipe:
-    from mmbench.methods import method_registry
+    from mmbench.papers import method_registry
 
     path, name = _locate(name_or_path)
     data = load_raw(path)

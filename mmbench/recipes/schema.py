@@ -1,7 +1,7 @@
 """Typed schema of a recipe (one training configuration) and of a paper's tables.
 
 Every model is `extra="forbid"`: a misspelt key is an error naming its key path. The `model:` section
-is validated by the method's own `Config` (see `mmbench.methods`), so each method documents its knobs.
+is validated by the method's own `Config` (see `mmbench.papers`), so each method documents its knobs.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class TrainCfg(Strict):
     select_metric: str = "accuracy"
     select_split: Literal["dev", "test"] = "dev"
     select_mode: Literal["max", "min"] = "max"
-    # ties go to the later epoch when True (ITM's released code uses >=)
+    # ties go to the later epoch when True (some released code selects with >=)
     select_ties_to_later: bool = False
     patience: int | None = None
     seeds: list[int] = Field(default_factory=lambda: [0])

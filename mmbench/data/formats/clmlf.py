@@ -1,4 +1,5 @@
-"""CLMLF's image-text sentiment splits (Link-Li/CLMLF, dataset/data/...), used by SPP-SCL.
+"""CLMLF's image-text sentiment splits (Link-Li/CLMLF, dataset/data/...), the
+splits later image-text sentiment papers evaluate on.
 
 - MVSA-Single / MVSA-Multiple: `10-flod-1/{train,dev,test}.json` (the raw dir may be the dataset
   folder or its `10-flod-1` subfolder); labels 0 = positive, 1 = neutral, 2 = negative.

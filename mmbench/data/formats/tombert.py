@@ -18,8 +18,8 @@ from mmbench.errors import DataError, located
 PLACEHOLDER = "$T$"
 LABEL_NAMES = ["negative", "neutral", "positive"]
 
-# Published statistics of the Twitter TMSC splits (ITM Table 2; identical in TomBERT's and ITM's
-# files): per split, (targets, (negative, neutral, positive)).
+# Published statistics of the Twitter TMSC splits (as published with the
+# TomBERT release and reprinted by later papers): per split, (targets, (negative, neutral, positive)).
 TWITTER_STATS = {
     "twitter15": {"train": (3179, (368, 1883, 928)), "dev": (1122, (149, 670, 303)), "test": (1037, (113, 607, 317))},
     "twitter17": {"train": (3562, (416, 1638, 1508)), "dev": (1176, (144, 517, 515)), "test": (1234, (168, 573, 493))},

@@ -1,1 +1,0 @@
-"""Small reusable building blocks (layers, solvers) used by the methods."""

@@ -1,0 +1,301 @@
+"""SPP-SCL (Wu & Li, AAAI-26): semi-push-pull supervised contrastive learning for image-text
+sentiment (MVSA-Single/-Multiple) and sarcasm (HFM) detection.
+
+Frozen ResNet-50 + BERT features (cached once, memory-mapped) → image branch (eq 1), Hierarchical
+Attention text branch (eq 2), Cross-Modal Fusion (eq 3) → classifier. Training follows Algorithm 1:
+step 1 optimises λ·L_ce + L_cli + L_clt (eqs 4, 5, 7); a second forward pass then checks the
+image-text alignment and, when it is poor, a separate step optimises L_clm (eq 6).
+
+Batch-level fusion: CMF attends across the batch, so a prediction depends on its batch. Evaluation
+therefore uses fixed batches (`train.eval_batch_size`) in file order on one process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from mmbench.data.collate import pad_sequences
+from mmbench.engine.method import Method, StepControl
+from mmbench.papers.sppscl import features as feats
+from mmbench.papers.sppscl.losses import inter_supcon, intra_supcon, needs_inter_step, sentiment_distances, total_loss
+from mmbench.papers.sppscl.model import SPPSCLHeads, SPPSCLNet
+from mmbench.metrics.classification import classification_metrics
+
+
+class SPPSCLConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text_encoder: str = "bert-base-uncased"
+    image_encoder: str = "resnet50"
+    image_weights: str | None = None  # a local torchvision state dict for resnet*
+    modality: Literal["both", "text", "image"] = "both"  # text / image: Table 3's unimodal rows
+    max_length: int = 200  # word tokens N; the tokenizer adds [CLS] and [SEP]
+    image_resize: int = 256
+    image_crop: int = 224
+    encoder_layers: int = 4  # last BERT layers extracted (and cached)
+    ha_layers: int = 4  # last layers the Hierarchical Attention uses (Table 6: 1-4)
+    ha_mlp_layers: int = 1
+    branch_width: int = 128
+    embed_dim: int = 32  # D
+    lstm_hidden: int = 64
+    classifier_hidden: int = 64
+    dropout: float = 0.2
+    fusion: Literal["cmf", "concat"] = "cmf"  # concat: Table 7 "w/o CMF"
+    num_outputs: int | None = None  # None: the dataset's label count (released code: 3 for HFM too)
+    lambda_ce: float = 5.0  # λ
+    temperature: float = 0.07  # τ
+    alpha: float = 2 / 3  # α
+    use_intra: bool = True  # L_cli + L_clt (Table 5)
+    use_inter: bool = True  # L_clm (Table 5)
+    two_step: bool = True  # Algorithm 1; False = one step with all losses (Table 4)
+    supcon_normaliser: Literal["batch", "positives"] = "batch"
+    supcon_self_in_denominator: bool = False
+    inter_anchor: Literal["image", "text"] = "image"
+    inter_include_pair: bool = False
+    condition_similarity: Literal["cosine", "sigmoid_dot"] = "cosine"
+    condition_count_self_pairs: bool = False
+    condition_floor: bool = False
+    token_slice: Literal["words", "padded"] = "words"
+    token_mean: Literal["masked", "all"] = "masked"
+    encoders_train_mode: bool = False
+    feature_cache: bool = True
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    image_errors: Literal["error", "load_truncated", "blank"] = "error"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.feature_cache and (self.encoders_train_mode or self.token_slice == "padded"):
+            raise ValueError("feature_cache needs deterministic encoder outputs over the word tokens: set "
+                             "model.feature_cache=false with encoders_train_mode=true or token_slice=padded")
+        if not 1 <= self.ha_layers <= self.encoder_layers:
+            raise ValueError(f"ha_layers={self.ha_layers} must be in 1..encoder_layers={self.encoder_layers}")
+        return self
+
+
+class SPPSCL(Method):
+    Config = SPPSCLConfig
+    # CMF mixes the samples of a batch: DDP would change what each prediction sees
+    supports_ddp = False
+
+    # -- data ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.config
+        self.uses_text, self.uses_image = cfg.modality != "image", cfg.modality != "text"
+        self.n_labels = len(self.manifest["label_names"])
+        text_model = image_model = None
+        if self.uses_text:
+            text_model, self.tokenizer = feats.load_text_encoder_4l(cfg.text_encoder)
+            text_model.eval()
+        if self.uses_image:
+            image_model = feats.load_image_encoder(cfg.image_encoder, cfg.image_weights).eval()
+            self.transform = feats.image_transform(cfg.image_resize, cfg.image_crop)
+            self.images_root = Path(self.recipe.data.images or self.manifest["images_root"])
+        self.extractor = feats.FrozenExtractor(text_model, image_model, cfg.encoder_layers).to(self.ctx.device)
+        self.extractor.requires_grad_(False)
+        self.examples, self.store = {}, {}
+        for split in ("train", "dev", "test"):
+            rows = [dict(r) for r in self.data[split]]
+            examples = [{"index": i, "label": int(r["label"]), "image_id": r["image_id"]} for i, r in enumerate(rows)]
+            if self.uses_text:
+                encoded = self.tokenizer([r["text"] for r in rows], truncation=True, max_length=cfg.max_length + 2)["input_ids"]
+                for example, ids in zip(examples, encoded):
+                    example["input_ids"] = ids
+            self.examples[split] = examples
+            if cfg.feature_cache:
+                self.store[split] = self._cached_features(split, rows, examples)
+        self.image_channels = self._probe_channels() if self.uses_image else 0
+        self._record_cache()
+
+    def _record_cache(self) -> None:
+        """run_dir/feature_cache.json: which caches were read and how many images the policy blanked."""
+        if self.ctx.run_dir is None or not self.ctx.world.is_main or not self.store:
+            return
+        from mmbench.results.store import atomic_write_json
+
+        atomic_write_json(self.ctx.run_dir / "feature_cache.json", {
+            split: {"blanked_images": store.get("blanked_images"), "text_tokens": int(store["offsets"][-1]) if "offsets" in store else None}
+            for split, store in self.store.items()})
+
+    def _cache_key(self, split: str, rows: list[dict], kind: str, encoder) -> dict:
+        cfg = self.config
+        key = {"version": feats.FEATURE_VERSION, "kind": kind, "dataset": self.recipe.dataset, "split": split,
+               "synthetic": self.recipe.data.synthetic, "raw_files": self.manifest.get("raw_files"),
+               "rows": feats.rows_digest(rows), "weights": feats.weights_digest(encoder), "dtype": cfg.cache_dtype}
+        if kind == "text":
+            key.update(encoder=cfg.text_encoder, tokenizer=feats.tokenizer_digest(self.tokenizer), max_length=cfg.max_length,
+                       layers=cfg.encoder_layers)
+        else:
+            key.update(encoder=cfg.image_encoder, resize=cfg.image_resize, crop=cfg.image_crop, mean=feats.IMAGENET_MEAN,
+                       std=feats.IMAGENET_STD, missing=self.recipe.data.missing_image, errors=cfg.image_errors,
+                       images_root=str(self.images_root.resolve()), images=feats.images_fingerprint(self.images_root, rows))
+        return key
+
+    def _cached_features(self, split: str, rows: list[dict], examples: list[dict]) -> dict:
+        cfg, device, store = self.config, self.ctx.device, {}
+        if self.uses_text:
+            key = self._cache_key(split, rows, "text", self.extractor.text_model)
+            hidden = self.extractor.text_model.config.hidden_size
+            store["states"], store["offsets"] = feats.text_cache(
+                key, [len(e["input_ids"]) for e in examples], hidden, cfg.encoder_layers, cfg.cache_dtype, self.extractor,
+                examples, device)
+        if self.uses_image:
+            key = self._cache_key(split, rows, "image", self.extractor.image_model)
+            ids = [e["image_id"] for e in examples]
+            store.update(feats.image_cache(key, len(ids), self._probe_shape(), cfg.cache_dtype, self.extractor,
+                                           lambda a, b: self._pixels(ids[a:b]), device))
+            store["blanked_images"] = int((store["ok"] == 0).sum())
+        return store
+
+    def _pixels(self, image_ids: list[str]):
+        return feats.pixel_batch(self.images_root, image_ids, self.transform, self.config.image_crop,
+                                 self.recipe.data.missing_image, self.config.image_errors)
+
+    def _probe_shape(self) -> tuple:
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, self.config.image_crop, self.config.image_crop, device=self.ctx.device)
+            return tuple(self.extractor.image_model(probe).shape[1:])
+
+    def _probe_channels(self) -> int:
+        return self._probe_shape()[0]
+
+    def collate(self, examples: list[dict], split: str = "train") -> dict:
+        device, cfg = self.ctx.device, self.config
+        batch = {"index": [e["index"] for e in examples],
+                 "labels": torch.tensor([e["label"] for e in examples], device=device)}
+        if cfg.feature_cache:
+            batch["features"] = self._features_from_cache(examples, self.store[split])
+            return batch
+        if self.uses_text:
+            ids = [e["input_ids"] for e in examples]
+            length = cfg.max_length + 2 if cfg.token_slice == "padded" else None  # released code pads to 202
+            input_ids, mask = pad_sequences(ids, self.tokenizer.pad_token_id, length)
+            word = torch.zeros_like(mask)
+            for i, s in enumerate(ids):
+                word[i, 1 : (len(word[i]) - 1 if cfg.token_slice == "padded" else len(s) - 1)] = 1
+            batch.update(input_ids=input_ids.to(device), attention_mask=mask.to(device), word_mask=word.to(device))
+        if self.uses_image:
+            batch["pixels"] = self._pixels([e["image_id"] for e in examples])[0].to(device)
+        return batch
+
+    def _features_from_cache(self, examples: list[dict], store: dict) -> dict:
+        device, out = self.ctx.device, {}
+        rows = [e["index"] for e in examples]
+        if self.uses_text:
+            k = self.config.ha_layers
+            states, offsets = store["states"], store["offsets"]
+            lengths = [len(e["input_ids"]) - 2 for e in examples]  # word tokens, [CLS]/[SEP] excluded
+            hidden = states.shape[-1]
+            tokens = np.zeros((len(rows), k, max(1, max(lengths)), hidden), dtype=np.float32)
+            mask = np.zeros((len(rows), tokens.shape[2]), dtype=np.float32)
+            cls = np.stack([states[offsets[r], -k:] for r in rows]).astype(np.float32)
+            for i, (r, n) in enumerate(zip(rows, lengths)):
+                tokens[i, :, :n] = states[offsets[r] + 1 : offsets[r] + 1 + n, -k:].transpose(1, 0, 2)
+                mask[i, :n] = 1
+            out.update(cls=torch.from_numpy(cls).to(device), tokens=torch.from_numpy(tokens).to(device),
+                       token_mask=torch.from_numpy(mask).to(device))
+        if self.uses_image:
+            order = np.asarray(rows)
+            out["image_map"] = torch.from_numpy(np.asarray(store["map"][order], dtype=np.float32)).to(device)
+        return out
+
+    def eval_batches(self, split: str):
+        """Fixed batches in file order (CMF is batch-level), never sharded."""
+        size = self.recipe.train.eval_batch_size or self.recipe.train.batch_size
+        examples = self.examples[split]
+        for start in range(0, len(examples), size):
+            yield self.collate(examples[start : start + size], split)
+
+    # -- model -----------------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        cfg = self.config
+        text_hidden = self.extractor.text_model.config.hidden_size if self.uses_text else 0
+        heads = SPPSCLHeads(
+            modality=cfg.modality, fusion=cfg.fusion, image_channels=self.image_channels, text_hidden=text_hidden,
+            layers=cfg.ha_layers, num_outputs=cfg.num_outputs or self.n_labels, branch_width=cfg.branch_width,
+            dim=cfg.embed_dim, lstm_hidden=cfg.lstm_hidden, classifier_hidden=cfg.classifier_hidden, dropout=cfg.dropout,
+            ha_mlp_layers=cfg.ha_mlp_layers, packed=cfg.token_slice == "words", masked_mean=cfg.token_mean == "masked")
+        extractor = None if cfg.feature_cache else _LastLayers(self.extractor, cfg.ha_layers)
+        return SPPSCLNet(heads, extractor, cfg.encoders_train_mode)
+
+    def parameters_for(self, model, optimizer_name):
+        return [(n, p) for n, p in model.named_parameters() if not n.startswith("extractor.")]
+
+    # -- training ----------------------------------------------------------------------------------
+    def _intra(self, out: dict, labels) -> tuple:
+        cfg = self.config
+        if not cfg.use_intra or cfg.modality != "both":
+            return None, None
+        kw = dict(temperature=cfg.temperature, normaliser=cfg.supcon_normaliser, self_in_denominator=cfg.supcon_self_in_denominator)
+        return intra_supcon(out["image"], labels, **kw), intra_supcon(out["text"], labels, **kw)  # eqs (4), (5)
+
+    def _inter(self, out: dict, labels):
+        cfg = self.config
+        return inter_supcon(out["image"], out["text"], labels, cfg.temperature, cfg.supcon_normaliser,  # eq (6)
+                            cfg.inter_include_pair, cfg.inter_anchor)
+
+    def train_step(self, model, batch, step: StepControl) -> dict[str, float]:
+        cfg, labels = self.config, batch["labels"]
+        with step.autocast():
+            out = model(batch)
+        ce = F.cross_entropy(out["logits"].float(), labels)
+        l_cli, l_clt = self._intra(out, labels)
+        inter_now = cfg.use_inter and cfg.modality == "both" and not cfg.two_step
+        l_clm = self._inter(out, labels) if inter_now else None  # Table 4 "one-step": every loss at once
+        loss = total_loss(ce, cfg.lambda_ce, l_cli, l_clt, l_clm)  # eq (7) / Algorithm 1 line 4
+        step.backward(loss)
+        step.optimizer_step("main")
+        logs = {"loss": loss.item(), "ce": ce.item()}
+        if cfg.use_inter and cfg.modality == "both" and cfg.two_step:
+            with step.autocast():
+                out2 = model(batch)  # Algorithm 1 line 7: embeddings again, after the update
+            applied = needs_inter_step(out2["image"], out2["text"], labels, cfg.alpha, cfg.condition_similarity,
+                                       cfg.condition_count_self_pairs, cfg.condition_floor)
+            if applied:  # lines 12-14
+                l_clm = self._inter(out2, labels)
+                step.backward(l_clm)
+                step.optimizer_step("main", advance_schedule=False)  # Algorithm 1's second update
+                logs["l_clm"] = l_clm.item()
+            logs["inter_steps"] = float(applied)
+        return logs
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def predict(self, model, batch) -> list[dict]:
+        out = model(batch)
+        preds = out["logits"].float().argmax(-1).tolist()
+        rows = []
+        for i, (index, label, pred) in enumerate(zip(batch["index"], batch["labels"].tolist(), preds)):
+            row = {"index": index, "label": int(label), "pred": int(pred)}
+            if self.config.modality == "both":  # embeddings for Figure 4's distances
+                row["image_emb"] = [round(v, 5) for v in out["image"][i].float().tolist()]
+                row["text_emb"] = [round(v, 5) for v in out["text"][i].float().tolist()]
+            rows.append(row)
+        return rows
+
+    def metrics(self, predictions: list[dict], split: str) -> dict[str, float]:
+        labels = [p["label"] for p in predictions]
+        result = classification_metrics(labels, [p["pred"] for p in predictions], self.n_labels)
+        if predictions and "image_emb" in predictions[0]:
+            distances = sentiment_distances(torch.tensor([p["image_emb"] for p in predictions]),
+                                            torch.tensor([p["text_emb"] for p in predictions]), torch.tensor(labels))
+            result.update(distances)
+        return result
+
+
+class _LastLayers(torch.nn.Module):
+    """Live features restricted to the last `ha_layers` layers (the cache path slices the same way)."""
+
+    def __init__(self, extractor, k: int):
+        super().__init__()
+        self.inner, self.k = extractor, k
+
+    def forward(self, batch):
+        features = self.inner(batch)
+        if "cls" in features:
+            features["cls"], features["tokens"] = features["cls"][:, -self.k:], features["tokens"][:, -self.k:]
+        return features

@@ -1,0 +1,121 @@
+"""The K-truncated Neumann implicit gradient (CMCS eqs 13-14) against the exact implicit gradient of
+ridge regression with a learnable penalty, whose lower solution has a closed form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmbench.papers.cmcs.hypergrad import implicit_hypergradient, neumann_inverse_hvp
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exactness checks in float64, restored afterwards (other tests' models are float32)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def ridge_problem(seed: int = 0, n: int = 40, d: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    x, xv = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    w_true = torch.randn(d, generator=g)
+    y = x @ w_true + 0.3 * torch.randn(n, generator=g)
+    yv = xv @ w_true + 0.3 * torch.randn(n, generator=g)
+    return x, y, xv, yv
+
+
+def lower_loss(w, lam, x, y):
+    """L(w, λ) = |Xw - y|²/2n + e^λ |w|²/2: ridge with a learnable log-penalty."""
+    return ((x @ w - y) ** 2).mean() / 2 + torch.exp(lam) * (w ** 2).sum() / 2
+
+
+def upper_loss(w, xv, yv):
+    return ((xv @ w - yv) ** 2).mean() / 2
+
+
+def closed_form(lam, x, y):
+    n, d = x.shape
+    a = x.T @ x / n + torch.exp(lam) * torch.eye(d)
+    return torch.linalg.solve(a, x.T @ y / n), a
+
+
+def exact_hypergradient(lam, x, y, xv, yv):
+    """d L_upper(w*(λ)) / dλ with dw*/dλ = -A^{-1} e^λ w* (implicit function theorem, by hand)."""
+    w, a = closed_form(lam, x, y)
+    dw = -torch.linalg.solve(a, torch.exp(lam) * w)
+    grad_w = xv.T @ (xv @ w - yv) / len(yv)
+    return float(grad_w @ dw)
+
+
+def neumann_estimate(lam_value: float, k: int, scale: float, problem) -> float:
+    x, y, xv, yv = problem
+    lam = torch.tensor(lam_value, requires_grad=True)
+    w_star, _ = closed_form(lam.detach(), x, y)
+    w = w_star.clone().requires_grad_(True)
+    upper = torch.autograd.grad(upper_loss(w, xv, yv), [w])
+    lower = torch.autograd.grad(lower_loss(w, lam, x, y), [w], create_graph=True)
+    return float(implicit_hypergradient(upper, lower, [w], [lam], k, scale)[0])
+
+
+def test_exact_reference_matches_finite_differences():
+    x, y, xv, yv = problem = ridge_problem()
+    lam, h = torch.tensor(-1.0), 1e-5
+    fd = (upper_loss(closed_form(lam + h, x, y)[0], xv, yv) - upper_loss(closed_form(lam - h, x, y)[0], xv, yv)) / (2 * h)
+    assert abs(float(fd) - exact_hypergradient(lam, *problem)) < 1e-7
+
+
+def test_neumann_converges_to_exact_as_k_grows():
+    problem = ridge_problem()
+    exact = exact_hypergradient(torch.tensor(-1.0), *problem)
+    _, a = closed_form(torch.tensor(-1.0), problem[0], problem[1])
+    scale = 1.0 / float(torch.linalg.eigvalsh(a).max())  # γ < 2/λ_max: the series converges
+    errors = [abs(neumann_estimate(-1.0, k, scale, problem) - exact) for k in (0, 2, 8, 32, 128)]
+    assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
+    assert errors[-1] < 1e-12 and errors[3] < 1e-8 < errors[2], (errors, exact)
+    assert errors[0] > 10 * errors[-1]  # K = 0 (identity for the inverse Hessian) is genuinely worse
+
+
+def test_eq14_literal_scale_one_when_hessian_below_two():
+    """Eq 14 as printed (γ = 1) converges when the Hessian's eigenvalues lie in (0, 2)."""
+    x, y, xv, yv = ridge_problem()
+    x = x / (x.norm(dim=0).max() / 3)  # shrink the data so λ_max(A) < 2
+    problem = (x, y, xv, yv)
+    _, a = closed_form(torch.tensor(-1.0), x, y)
+    assert float(torch.linalg.eigvalsh(a).max()) < 2
+    exact = exact_hypergradient(torch.tensor(-1.0), *problem)
+    assert abs(neumann_estimate(-1.0, 2000, 1.0, problem) - exact) < 1e-6
+
+
+def test_inverse_hvp_against_explicit_inverse():
+    torch.manual_seed(0)
+    m = torch.randn(5, 5)
+    hess = m @ m.T / 10 + 0.5 * torch.eye(5)
+    w = torch.randn(5, requires_grad=True)
+    grad = torch.autograd.grad(0.5 * w @ hess @ w, [w], create_graph=True)
+    v = torch.randn(5)
+    scale = 1.0 / float(torch.linalg.eigvalsh(hess).max())
+    p = neumann_inverse_hvp(grad, [w], [v], 400, scale)[0]
+    assert torch.allclose(p, torch.linalg.solve(hess, v), atol=1e-8)
+    # K = 1 by hand: γ (v + v (I - γH))
+    p1 = neumann_inverse_hvp(grad, [w], [v], 1, scale)[0]
+    assert torch.allclose(p1, scale * (v + (v - scale * hess @ v)))
+
+
+def test_unreached_parameters_drop_out_and_direct_term_adds():
+    problem = ridge_problem()
+    x, y, xv, yv = problem
+    lam = torch.tensor(-1.0, requires_grad=True)
+    unused = torch.zeros(3, requires_grad=True)  # in θ but not in the lower loss
+    w = closed_form(lam.detach(), x, y)[0].requires_grad_(True)
+    upper = torch.autograd.grad(upper_loss(w, xv, yv), [w])
+    lower = torch.autograd.grad(lower_loss(w, lam, x, y), [w, unused], create_graph=True, allow_unused=True)
+    scale = 0.5
+    got = implicit_hypergradient([upper[0], None], lower, [w, unused], [lam], 300, scale)[0]
+    lower = torch.autograd.grad(lower_loss(w, lam, x, y), [w], create_graph=True)
+    direct = implicit_hypergradient(upper, lower, [w], [lam], 300, scale, direct=[torch.tensor(0.25)])[0]
+    exact = exact_hypergradient(lam.detach(), *problem)
+    assert abs(float(got) - exact) < 1e-6
+    assert abs(float(direct) - (exact + 0.25)) < 1e-6
