@@ -25,13 +25,71 @@ def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg:
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if cfg.name == "bertadam":
+        return BertAdam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, warmup=cfg.warmup, t_total=cfg.t_total)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.betas[0])
+
+
+def bert_warmup_linear(x: float, warmup: float) -> float:
+    """pytorch-pretrained-bert's `warmup_linear` at training progress x = step / t_total: a ramp
+    x/warmup, then 1 - x. Not clamped, so past t_total the factor is negative (as released)."""
+    return x / warmup if x < warmup else 1.0 - x
+
+
+class BertAdam(torch.optim.Optimizer):
+    """Adam as pytorch-pretrained-bert's BertAdam updates (used by BERT-era released code):
+
+      m ← β1·m + (1-β1)·g,  v ← β2·v + (1-β2)·g²,  u = m / (√v + eps) + wd·p,  p ← p - lr_t·u
+
+    with NO bias correction (early steps are (1-β1^t)/√(1-β2^t) times AdamW's: ×0.1/0.032 ≈ 3 at
+    t = 1), eps outside the square root, and weight decay added to the update (decoupled from the
+    moments). lr_t = group lr × `bert_warmup_linear(k / t_total, warmup)` when the optimiser has its
+    own schedule (k = this parameter's earlier steps), else the group lr. The group lr is what the
+    engine's scheduler sets, so a recipe that also schedules the lr applies the curve twice, as
+    released loops that set `param_group['lr']` by hand do. Gradient clipping is the engine's
+    (`train.grad_clip_mode: per_tensor` is BertAdam's built-in clip_grad_norm_ per parameter)."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
+                 warmup: float | None = None, t_total: int | None = None):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      warmup=warmup, t_total=t_total))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:  # no gradient this step: no moment decay and no step count
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                exp_avg, exp_avg_sq, grad = state["exp_avg"], state["exp_avg_sq"], p.grad
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])  # no bias correction
+                if group["weight_decay"] > 0:
+                    update = update + group["weight_decay"] * p
+                lr = group["lr"]
+                if group["t_total"] is not None:
+                    lr = lr * bert_warmup_linear(state["step"] / group["t_total"], group["warmup"])
+                p.sub_(lr * update)
+                state["step"] += 1
+        return loss
 
 
 def schedule_factor(cfg: ScheduleCfg, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate after `step` optimiser steps."""
     if cfg.name == "constant":
         return 1.0
+    if cfg.name == "bert_warmup_linear":  # the factor released BERT loops set before each step
+        return bert_warmup_linear(step / (cfg.t_total or total_steps), cfg.warmup_ratio)
     if cfg.name == "linear_warmup":
         # linear warm-up over warmup_ratio of training, then linear decay to 0 (BERT's schedule)
         warmup = int(cfg.warmup_ratio * total_steps)

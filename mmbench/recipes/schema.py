@@ -18,8 +18,11 @@ class Strict(BaseModel):
 class ScheduleCfg(Strict):
     """Learning-rate schedule. Steps are optimiser steps; `step_size`/`t0` are in epochs."""
 
-    name: Literal["constant", "linear_warmup", "step", "cosine_restarts"] = "constant"
+    # bert_warmup_linear: BertAdam's curve w(x) = x/warmup_ratio while x < warmup_ratio, then 1 - x
+    # (no clamp), x = step / t_total (pytorch-pretrained-bert's `warmup_linear`)
+    name: Literal["constant", "linear_warmup", "step", "cosine_restarts", "bert_warmup_linear"] = "constant"
     warmup_ratio: float = 0.0
+    t_total: int | None = Field(default=None, ge=1)  # bert_warmup_linear only; None = the run's total steps
     step_size: int = 1
     gamma: float = 0.5
     t0: int = 10
@@ -28,7 +31,9 @@ class ScheduleCfg(Strict):
 
 
 class OptimizerCfg(Strict):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    # bertadam: pytorch-pretrained-bert's BertAdam (no bias correction, eps outside the sqrt,
+    # decoupled weight decay added to the update; mmbench.engine.optim.BertAdam)
+    name: Literal["adamw", "adam", "sgd", "bertadam"] = "adamw"
     lr: float
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -36,6 +41,18 @@ class OptimizerCfg(Strict):
     # BERT convention: biases and LayerNorm weights get no weight decay.
     no_decay_bias_norm: bool = True
     schedule: ScheduleCfg = Field(default_factory=ScheduleCfg)
+    # bertadam only: BertAdam's own schedule, multiplied into the lr the engine's `schedule` sets
+    # (BertAdam(warmup=, t_total=)); None = none (its warmup=-1 / t_total=-1)
+    warmup: float | None = Field(default=None, ge=0.0, lt=1.0)
+    t_total: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _bertadam_schedule(self):
+        if (self.warmup is not None or self.t_total is not None) and self.name != "bertadam":
+            raise ValueError(f"warmup/t_total are BertAdam's own schedule; optimizer {self.name!r} has none")
+        if (self.warmup is None) != (self.t_total is None):
+            raise ValueError("bertadam's own schedule needs both warmup and t_total")
+        return self
 
 
 class TrainCfg(Strict):

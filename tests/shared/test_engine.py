@@ -131,6 +131,51 @@ def test_schedules():
     assert schedule_factor(cosine, 0, 100, 10) == 1.0
     assert schedule_factor(cosine, 10, 100, 10) == pytest.approx(0.5)
     assert schedule_factor(cosine, 20, 100, 10) == 1.0  # restart
+    bert = ScheduleCfg(name="bert_warmup_linear", warmup_ratio=0.1, t_total=50)  # x = step/50
+    assert [schedule_factor(bert, s, 999, 10) for s in (0, 2, 5, 25, 50, 55)] == pytest.approx([0, 0.4, 0.9, 0.5, 0, -0.1])
+
+
+def _bertadam_reference(param, grads, lr, lr_factors, b1=0.9, b2=0.999, eps=1e-6, wd=0.01):
+    """BertAdam written from its update rule (no bias correction), one lr factor per step."""
+    p, m, v = param.clone(), torch.zeros_like(param), torch.zeros_like(param)
+    for g, factor in zip(grads, lr_factors):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * factor * (m / (v.sqrt() + eps) + wd * p)
+    return p
+
+
+def test_bertadam_matches_its_update_rule_and_schedules_twice():
+    from mmbench.engine.optim import build_optimizer, build_scheduler
+    from mmbench.recipes.schema import OptimizerCfg
+
+    torch.manual_seed(0)
+    start, grads = torch.randn(5, dtype=torch.float64), [torch.randn(5, dtype=torch.float64) for _ in range(7)]
+    w = lambda x: x / 0.3 if x < 0.3 else 1 - x  # noqa: E731  warmup_linear, warm-up 0.3, t_total 5
+    cases = {  # (engine schedule, BertAdam's own schedule) → the lr factor of step k
+        "own": (dict(), dict(warmup=0.3, t_total=5), [w(k / 5) for k in range(7)]),
+        "twice": (dict(schedule=ScheduleCfg(name="bert_warmup_linear", warmup_ratio=0.3, t_total=5)),
+                  dict(warmup=0.3, t_total=5), [w(k / 5) ** 2 for k in range(7)]),
+        "none": (dict(), dict(), [1.0] * 7),
+    }
+    for name, (sched, own, factors) in cases.items():
+        param = torch.nn.Parameter(start.clone())
+        cfg = OptimizerCfg(name="bertadam", lr=0.1, eps=1e-6, weight_decay=0.01, no_decay_bias_norm=False, **sched, **own)
+        opt = build_optimizer([("w", param)], cfg)
+        scheduler = build_scheduler(opt, cfg.schedule, 7, 7)
+        for g in grads:
+            param.grad = g.clone()
+            opt.step()
+            scheduler.step()
+        torch.testing.assert_close(param.detach(), _bertadam_reference(start, grads, 0.1, factors), rtol=0, atol=1e-12, msg=name)
+    # AdamW's bias correction makes its first step ~3× smaller than BertAdam's (0.1/√0.001 ≈ 3.16)
+    adamw, bert = (torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)) for _ in range(2))
+    for p, name in ((adamw, "adamw"), (bert, "bertadam")):
+        p.grad = torch.ones(1, dtype=torch.float64)
+        build_optimizer([("w", p)], OptimizerCfg(name=name, lr=1.0, eps=1e-6)).step()
+    assert bert.item() / adamw.item() == pytest.approx(0.1 / 0.001 ** 0.5, rel=1e-4)
+    with pytest.raises(ValueError, match="BertAdam's own schedule"):
+        OptimizerCfg(name="adamw", lr=1.0, warmup=0.1, t_total=10)
 
 
 @pytest.mark.slow
