@@ -23,6 +23,11 @@ from torch.nn import functional as F
 from mmbench.papers.itm.layers import TransformerLayer
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast bf16/fp16 (autocast) to fp32 for softmax/sigmoid/losses; fp32/fp64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class ITMNetwork(nn.Module):
     def __init__(self, text_encoder: nn.Module, cfg):
         super().__init__()
@@ -78,14 +83,14 @@ class ITMNetwork(nn.Module):
 
     def relevance_probability(self, logits: torch.Tensor) -> torch.Tensor:
         if self.cfg.relevance_head == "sigmoid":
-            return torch.sigmoid(logits.float())  # eq 2
-        return logits.float().softmax(-1)[:, 1]  # released code: softmax(rel)[:, 1]
+            return torch.sigmoid(_at_least_fp32(logits))  # eq 2
+        return _at_least_fp32(logits).softmax(-1)[:, 1]  # released code: softmax(rel)[:, 1]
 
     def alignment_distribution(self, probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """D over the proposals from the fine CM-Transformer's single query, [B, 100]."""
         if self.cfg.alignment_distribution == "mean_probs":
-            return probs.float().mean(dim=1)[:, 0]  # D = 1/m Σ_i D_i (§4.3)
-        return logits.float().mean(dim=1)[:, 0].softmax(-1)  # released code: softmax of head-averaged logits
+            return _at_least_fp32(probs).mean(dim=1)[:, 0]  # D = 1/m Σ_i D_i (§4.3)
+        return _at_least_fp32(logits).mean(dim=1)[:, 0].softmax(-1)  # released code: softmax of head-averaged logits
 
     def forward(self, input_ids, attention_mask, regions) -> dict[str, torch.Tensor]:
         text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # H_T
@@ -105,10 +110,12 @@ class ITMNetwork(nn.Module):
             target_given_image, probs, logits = self.fine(query, image, ones)  # eq 5: H'_T
             out["alignment"] = self.alignment_distribution(probs, logits)  # D
             fused_in, fused_mask = torch.cat([target_given_image, text], 1), torch.cat([ones[:, :1], attention_mask], 1)
+            first_token = 0  # H'_T: the fine CM-Transformer's output for the query H^0_T (<s>)
         else:  # ablation: the (filtered) regions themselves join the text
             fused_in, fused_mask = torch.cat([image, text], 1), torch.cat([ones, attention_mask], 1)
+            first_token = image.shape[1]  # the text's <s>; position 0 would be image region 0
         fused, _, _ = self.fusion(fused_in, fused_in, fused_mask)  # eq 7: H = MM-Transformer(H_M, H_M, H_M)
-        first = fused[:, 0]  # H_0
+        first = fused[:, first_token]  # H_0: the target input's first token, in every variant (eq 8)
         if self.cfg.classifier_head == "pooler":
             first = torch.tanh(self.head_pooler(first))
         out["logits"] = self.classifier(self.head_dropout(first))  # eq 8 (softmax taken in the loss)
@@ -121,16 +128,19 @@ def relevance_loss(logits: torch.Tensor, relation: torch.Tensor, head: str) -> t
     labelled = relation >= 0
     if not labelled.any():
         return logits.sum() * 0.0
+    logits = _at_least_fp32(logits)
     if head == "sigmoid":
-        return F.binary_cross_entropy_with_logits(logits.float()[labelled], relation[labelled].float())
-    return F.cross_entropy(logits.float()[labelled], relation[labelled])  # released code: 2-way CE
+        return F.binary_cross_entropy_with_logits(logits[labelled], relation[labelled].to(logits.dtype))
+    return F.cross_entropy(logits[labelled], relation[labelled])  # released code: 2-way CE
 
 
 def alignment_loss(dist: torch.Tensor, target: torch.Tensor, relation: torch.Tensor, normaliser: str) -> torch.Tensor:
     """eq 6: L_ATT = 1/C Σ_i Σ_j A_ij log(A_ij / D_ij), C = related examples in the batch (paper);
     `normaliser="batch"`: divide by the whole batch, as KLDivLoss(reduction='batchmean') does in
     the released code. Examples with an all-zero A add 0 (0·log 0 = 0)."""
-    terms = torch.xlogy(target, target) - target * torch.log(dist.float().clamp_min(1e-12))
+    dist = _at_least_fp32(dist)
+    target = target.to(dist.dtype)
+    terms = torch.xlogy(target, target) - target * torch.log(dist.clamp_min(1e-12))
     total = terms.sum()
     count = (relation == 1).sum() if normaliser == "related" else torch.tensor(target.shape[0], device=target.device)
     return total / count.clamp_min(1)
@@ -138,4 +148,4 @@ def alignment_loss(dist: torch.Tensor, target: torch.Tensor, relation: torch.Ten
 
 def sentiment_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """eq 9: L_TMSC = -1/N Σ_j log P(y_j)."""
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(_at_least_fp32(logits), labels)

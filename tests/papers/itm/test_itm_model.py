@@ -171,20 +171,33 @@ def test_recall_at_k_and_kl_against_brute_force():
     assert rel["relevance_precision"] == pytest.approx(700 / 12) and rel["relevance_f1"] == pytest.approx(700 / 12)
 
 
-# -- training procedure -----------------------------------------------------------------------------
-def test_lr_schedule_applied_twice():
-    from mmbench.engine.method import StepControl
-    from mmbench.papers.itm.method import ITM
+# -- classifier input (eq 8) in every Table 6 variant ----------------------------------------------
+def _table6_rows():
+    from mmbench.recipes.loader import load_paper
 
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
-    step = StepControl(None, {"main": opt}, {"main": sched}, None, "global", None)
-    method = ITM.__new__(ITM)
-    for twice, expected in ((True, -0.25), (False, -0.5)):
-        method.config = ITMConfig(lr_schedule_twice=twice)
-        p.data.zero_()
-        p.grad = torch.ones(1)
-        method._optimizer_step(step, "main")
-        assert p.item() == pytest.approx(expected)  # base·w² (released code) vs base·w
-        assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # the scheduler restores base·w
+    table = next(t for t in load_paper("itm").tables if t.id == "table6")
+    return [pytest.param(row.overrides, id=row.label) for row in table.rows]
+
+
+@pytest.mark.parametrize("overrides", _table6_rows())
+def test_classifier_reads_the_first_text_token_in_every_ablation(overrides):
+    """eq 8 classifies H_0, the target input's first token: H'_T (the fine CM-Transformer's output
+    for the query <s>) when fine matching exists, else the text's <s> among [H''_V ⊕ H_T], never
+    image region 0."""
+    changes = {k.removeprefix("model."): v == "true" if v in ("true", "false") else float(v)
+               for k, v in (o.split("=") for o in overrides)}
+    model, cfg = tiny(**changes)
+    seen = {}
+    _capture(model.fusion, seen, "fusion")
+    if cfg.fine_matching:
+        _capture(model.fine, seen, "fine")
+    _capture(model.head_dropout, seen, "head")
+    ids, mask, regions = inputs()
+    with torch.no_grad():
+        model(ids, mask, regions)
+        text = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    fused_in, fused_out = seen["fusion"][0][0], seen["fusion"][1][0]
+    expected_in = seen["fine"][1][0][:, 0] if cfg.fine_matching else text[:, 0]  # H'_T, or H^0_T = <s>
+    position = [i for i in range(fused_in.shape[1]) if torch.equal(fused_in[:, i], expected_in)]
+    assert len(position) == 1
+    torch.testing.assert_close(seen["head"][0][0], fused_out[:, position[0]])

@@ -31,7 +31,9 @@ def session(overrides=(), recipe="itm/twitter15"):
     from mmbench.engine.trainer import build_session
     from mmbench.recipes.loader import resolve
 
-    return build_session(resolve(recipe, ["data.subset=30", *overrides], smoke=True), seed=0)
+    s = build_session(resolve(recipe, ["data.subset=30", *overrides], smoke=True), seed=0)
+    s.model.float()  # these tests call train_step/collate directly, outside the trainer's fp64 smoke casting
+    return s
 
 
 class RecordingStep(StepControl):
@@ -99,9 +101,10 @@ def test_alignment_targets_and_frobenius_norm(env):
     aux = [e for e in s.method.examples["test"] if e["source"] == AUX]
     assert len(aux) == 30 and all(abs(e["alignment"].sum() - (1.0 if e["alignment"].any() else 0.0)) < 1e-5 for e in aux)
     assert any(e["alignment"].any() for e in aux) and all(not e["alignment"].any() for e in aux if e["relation"] != 1)
-    off = s.method.collate(aux[:4])["regions"]
-    s.method.config = s.method.config.model_copy(update={"feature_norm": "frobenius"})
+    assert s.method.config.feature_norm == "frobenius"  # the paper default (released code's normalisation)
     on = s.method.collate(aux[:4])["regions"]
+    s.method.config = s.method.config.model_copy(update={"feature_norm": "none"})
+    off = s.method.collate(aux[:4])["regions"]
     torch.testing.assert_close(on.flatten(1).norm(dim=1), torch.ones(4))
     torch.testing.assert_close(on * off.flatten(1).norm(dim=1)[:, None, None], off)
 
@@ -114,7 +117,16 @@ def test_recipes_and_paper_tables(env):
     assert paper.recipe.dataset == official.recipe.dataset == "itm-twitter17"
     assert (paper.model_config.relevance_head, official.model_config.relevance_head) == ("sigmoid", "softmax2")
     assert official.recipe.train.epochs == 9 and official.recipe.train.seeds == [24] and paper.recipe.train.seeds == [0, 1, 2]
-    assert official.recipe.train.grad_clip_mode == "per_tensor" and official.model_config.lr_schedule_twice
+    assert official.recipe.train.grad_clip_mode == "per_tensor"
+    for name in ("main", "aux"):  # BertAdam with the released t_total, its curve applied twice
+        opt = official.recipe.train.optimizers[name]
+        assert (opt.name, opt.eps, opt.warmup, opt.t_total) == ("bertadam", 1e-6, 0.1, 1001)  # int(3562/32·9)
+        assert (opt.schedule.name, opt.schedule.warmup_ratio, opt.schedule.t_total) == ("bert_warmup_linear", 0.1, 1001)
+    assert resolve("itm/twitter15-official").recipe.train.optimizers["main"].t_total == 894  # int(3179/32·9)
+    # official = fp32 (released code has no AMP); the paper variant states its precision
+    assert official.recipe.train.precision == paper.recipe.train.precision == "fp32"
+    assert any("Frobenius" in a and "released code" in a for a in paper.recipe.assumptions)
+    assert paper.model_config.feature_norm == "frobenius" and any("precision" in a.lower() for a in paper.recipe.assumptions)
     assert len(official.recipe.deviations) >= 10
     tables = {t.id: t for t in load_paper("itm").tables}
     assert set(tables) == {"table3", "table4", "table5", "table6"} and len(tables["table6"].rows) == 7
@@ -154,3 +166,21 @@ def test_official_and_ablation_smoke_runs(env):
         test = result["metrics"]["test"]
         assert np.isfinite(test["accuracy"]) and "relevance_accuracy" in test
         assert ("alignment_kl" in test) == ("model.fine_matching=false" not in overrides)
+
+
+def test_grounding_accuracy_denominator_switch(env):
+    s = session()
+    method = s.method
+    aux = {"source": "itm", "label": 1, "pred": 1, "relevance_prob": 0.9, "top5": [0, 1, 2, 3, 4]}
+    preds = [{**aux, "index": 0, "relation": 1, "top1_iou": 0.7},  # related, box, hit
+             {**aux, "index": 1, "relation": 1, "top1_iou": 0.2},  # related, box, miss
+             {**aux, "index": 2, "relation": 1},  # related without a box
+             {**aux, "index": 3, "relation": 0},  # unrelated: never counted
+             {"index": 4, "source": "tmsc", "label": 0, "pred": 0}]
+    assert method.config.grounding_denominator == "with_box"
+    assert method.metrics(preds, "test")["grounding_accuracy"] == pytest.approx(50.0)
+    method.config = method.config.model_copy(update={"grounding_denominator": "related"})
+    assert method.metrics(preds, "test")["grounding_accuracy"] == pytest.approx(100 / 3)  # released: relation ≠ 0
+    from mmbench.recipes.loader import resolve
+
+    assert resolve("itm/twitter15-official").model_config.grounding_denominator == "related"
