@@ -81,6 +81,10 @@ def load_image_encoder(name: str, weights: str | None = None) -> nn.Module:
         import torchvision
 
         model = getattr(torchvision.models, name)()
+        from mmbench.encoders.pretrained import random_weights_active
+
+        if random_weights_active():  # `mmbench rehearse`: the real architecture, random weights
+            return ResNetMap(model)
         try:
             if weights:
                 state = torch.load(weights, map_location="cpu", weights_only=True)
