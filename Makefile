@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # PyPI's torchvision 0.29 does not import beside the CPU-only torch 2.13 (see README "Install").
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast tables validate clean real-check
+.PHONY: install demo test test-fast test-portable tables validate clean real-check
 
 $(BIN)/mmbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ demo: install
 test: install
 	$(BIN)/mmbench validate
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-portable
+
+# The golden smoke runs again under another instruction set and thread count: the bands must hold
+# on every x86-64 CPU (mmbench.results.goldens), so CI proves it on each run.
+test-portable: install
+	ATEN_CPU_CAPABILITY=avx2 MMBENCH_THREADS=2 $(BIN)/python -m pytest -q tests/shared/test_goldens.py -k "stays_in_its_golden_band"
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -197,23 +197,22 @@ def reproduce(paper: str, dataset: str = typer.Option(..., help="dataset of the 
 
 @app.command()
 @cli_errors
-def regress(update: bool = typer.Option(False, help="re-run and rewrite the goldens"),
+def regress(update: bool = typer.Option(False, help="re-run and rewrite the goldens (bands measured across platforms)"),
             paper: List[str] = typer.Option([], help="papers (default: every paper with goldens)"),
-            recipe: List[str] = typer.Option([], help="with --update: recipes to guard (default: all of the paper's tables)"),
+            recipe: List[str] = typer.Option([], help="with --update: only these recipes (default: every guarded row)"),
             dataset: Optional[str] = typer.Option(None, help="with --update: only this dataset"),
-            reason: Optional[str] = typer.Option(None, help="why the goldens change (required with --update)"),
-            with_overrides: bool = typer.Option(False, help="with --update: also guard rows that add overrides (ablations, sweeps)")):
+            reason: Optional[str] = typer.Option(None, help="why the goldens change (required with --update)")):
     """Check the smoke runs against the committed golden bands (or --update them)."""
-    from mmbench.reproduce import check_goldens, update_goldens
+    from mmbench.regress import check_goldens, update_goldens
 
     if update:
         if not reason:
             raise MmbenchError("--update needs --reason \"why the numbers change\"")
-        for name in paper:
-            path = update_goldens(name, recipe, dataset, reason, with_overrides)
-            typer.echo(f"wrote {path}")
         if not paper:
             raise MmbenchError("--update needs --paper")
+        for name in paper:
+            path = update_goldens(name, recipe, dataset, reason)
+            typer.echo(f"wrote {path}")
         return
     drifts = check_goldens(paper or None)
     for drift in drifts:
@@ -242,6 +241,47 @@ def bench(name: Optional[str] = typer.Argument(None, help="benchmark script unde
 
         raise MmbenchError(unknown_name_message("benchmark", name, scripts))
     raise typer.Exit(subprocess.call([sys.executable, str(REPO_ROOT / "benchmarks" / f"{name}.py"), *(args or [])]))
+
+
+@app.command()
+@cli_errors
+def rehearse(recipe: Optional[str] = typer.Argument(None, help="recipe to rehearse (or --all-recipes)"),
+             steps: int = typer.Option(2, help="optimiser steps of every optimiser the method has"),
+             batch: Optional[int] = typer.Option(None, help="batch size (default: the recipe's)"),
+             device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+             precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 (default: the recipe's)"),
+             width_scale: float = typer.Option(1.0, help="encoder widths × this (< 1: a cheap check of the code path)"),
+             set_: List[str] = typer.Option([], "--set", help="key.path=value override"),
+             start_epoch: int = typer.Option(0, help="rehearse from this epoch (methods that change by epoch, e.g. stages)"),
+             max_batches: Optional[int] = typer.Option(None, help="stop after this many training batches (default 25 × steps)"),
+             all_recipes: bool = typer.Option(False, "--all-recipes", help="every recipe of every paper.yaml, as a table"),
+             paper: List[str] = typer.Option([], help="with --all-recipes: only these papers"),
+             every_row: bool = typer.Option(False, help="with --all-recipes: every distinct table row, sweeps included"),
+             out: Optional[Path] = typer.Option(None, help="write the JSON report(s) to this file")):
+    """Run RECIPE at paper size with random-weight encoders and real-shape synthetic data (offline):
+    N optimiser steps + one eval batch; prints parameters, samples/s, step time split, peak memory, finiteness."""
+    import json
+
+    from mmbench.rehearsal.table import JSON_PREFIX, rehearse_all
+
+    options = ["--steps", str(steps), "--width-scale", str(width_scale), "--start-epoch", str(start_epoch)]
+    for flag, value in (("--batch", batch), ("--device", device), ("--precision", precision), ("--max-batches", max_batches)):
+        if value is not None:
+            options += [flag, str(value)]
+    if all_recipes:
+        reports = rehearse_all(options, paper or None, every_row, typer.echo)
+    else:
+        if recipe is None:
+            raise MmbenchError("rehearse: name a recipe or pass --all-recipes")
+        from mmbench.rehearsal.run import rehearse as run_rehearsal
+
+        reports = [run_rehearsal(recipe, steps, batch, device, precision, width_scale, list(set_), start_epoch, max_batches)]
+        typer.echo(JSON_PREFIX + json.dumps(reports[0]))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(reports if all_recipes else reports[0], indent=1) + "\n")
+    if not all(r.get("ok") for r in reports):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`mmbench reproduce` and `mmbench regress`: plan the runs a paper's tables need, run them (skipping
-finished ones), print the tables; check or rewrite the golden smoke bands."""
+"""`mmbench reproduce`: plan the runs a paper's tables need, run them (skipping finished ones), print
+the tables. (`mmbench regress`, the golden smoke checks, lives in `mmbench.regress`.)"""
 
 from __future__ import annotations
 
@@ -94,47 +94,3 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
     finally:
         progress.close()
     print(report(paper, "md", smoke))
-
-
-def update_goldens(paper: str, recipe_names: list[str], dataset: str | None, reason: str, with_overrides: bool = False):
-    """Run the chosen smoke recipes of PAPER's tables once and store their metrics as goldens.
-    Rows that add overrides (ablations, sweep points) are included only with `with_overrides`."""
-    import tempfile
-    from pathlib import Path
-
-    from mmbench.engine.trainer import fit
-    from mmbench.report.tables import plan
-    from mmbench.results.goldens import entry_from_result, write_goldens
-
-    chosen = [r for r in plan(paper, dataset, smoke=True)
-              if (not recipe_names or r.name in recipe_names) and (with_overrides or not r.overrides)]
-    if not chosen:
-        raise MmbenchError(f"no smoke recipes of {paper} match {recipe_names or 'the tables'}")
-    entries = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for resolved in chosen:
-            result = fit(resolved, resolved.recipe.train.seeds[0], root=Path(tmp), log=lambda m: None)
-            entries.append(entry_from_result(result, resolved.overrides))
-    return write_goldens(paper, entries, reason)
-
-
-def run_golden(entry: dict, root):
-    from mmbench.engine.trainer import fit
-    from mmbench.recipes.loader import resolve
-
-    resolved = resolve(entry["recipe"], entry["overrides"], smoke=True)
-    return fit(resolved, entry["seed"], root=root, log=lambda m: None)
-
-
-def check_goldens(papers: list[str] | None):
-    import tempfile
-    from pathlib import Path
-
-    from mmbench.results.goldens import compare, golden_papers, load_goldens
-
-    drifts = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for paper in papers or golden_papers():
-            for entry in load_goldens(paper)["entries"]:
-                drifts += compare(paper, entry, run_golden(entry, Path(tmp)))
-    return drifts

@@ -14,6 +14,7 @@ import torch
 from mmbench.engine.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from mmbench.engine.method import Method, RunContext, StepControl
 from mmbench.engine.optim import build_optimizer, build_scheduler
+from mmbench.engine.precision import FLOAT64, effective_precision, float64_compute, to_float64
 from mmbench.engine.runtime import World, barrier, gather_objects, init_world, pick_device, pick_precision, seed_everything
 from mmbench.errors import MmbenchError
 from mmbench.results import store
@@ -41,7 +42,8 @@ def build_session(resolved, seed: int, device: str | None = None, world: World |
     world = world or init_world(device)
     seed_everything(seed)
     dev = pick_device(device, world.local_rank)
-    ctx = RunContext(device=dev, autocast_dtype=pick_precision(recipe.train.precision, dev), world=world, seed=seed,
+    precision = effective_precision(recipe.train.precision, resolved.smoke)
+    ctx = RunContext(device=dev, autocast_dtype=None if precision == FLOAT64 else pick_precision(precision, dev), world=world, seed=seed,
                      run_dir=run_dir)
     data, manifest = load_prepared(recipe.dataset, synthetic=recipe.data.synthetic)
     if recipe.data.subset is not None:
@@ -52,7 +54,20 @@ def build_session(resolved, seed: int, device: str | None = None, world: World |
     method = method_cls(recipe, resolved.model_config, data, manifest, ctx)
     method.setup()
     model = method.build_model().to(dev)
+    if _is_float64(resolved):
+        model = model.to(torch.float64)
     return Session(method, model, ctx, manifest)
+
+
+def _is_float64(resolved) -> bool:
+    return effective_precision(resolved.recipe.train.precision, resolved.smoke) == FLOAT64
+
+
+def _batches(session: Session, batches):
+    """A method's batches, cast to float64 when the run computes in float64."""
+    if session.ctx.autocast_dtype is None and torch.get_default_dtype() == torch.float64:
+        return (to_float64(batch) for batch in batches)
+    return batches
 
 
 def _set_threads(smoke: bool) -> None:
@@ -88,7 +103,7 @@ def evaluate(session: Session, model: torch.nn.Module, split: str) -> tuple[dict
     model.eval()
     predictions: list[dict] = []
     with torch.no_grad(), session.ctx.autocast():
-        for batch in session.method.eval_batches(split):
+        for batch in _batches(session, session.method.eval_batches(split)):
             predictions.extend(session.method.predict(model, batch))
     predictions = sorted(gather_objects(session.ctx.world, predictions), key=lambda p: p["index"])
     if len(predictions) != session.method.num_examples(split):
@@ -98,6 +113,12 @@ def evaluate(session: Session, model: torch.nn.Module, split: str) -> tuple[dict
 
 def fit(resolved, seed: int, root: Path | None = None, resume: bool = False, device: str | None = None,
         log: Callable[[str], None] = print) -> dict:
+    """Train one run (see `_fit`), in float64 when its precision says so (smoke runs: see engine.precision)."""
+    with float64_compute(_is_float64(resolved)):
+        return _fit(resolved, seed, root, resume, device, log)
+
+
+def _fit(resolved, seed: int, root: Path | None, resume: bool, device: str | None, log: Callable[[str], None]) -> dict:
     started = time.time()
     out = store.run_dir(resolved, seed, root)
     session = build_session(resolved, seed, device, run_dir=out)
@@ -136,7 +157,7 @@ def fit(resolved, seed: int, root: Path | None = None, resume: bool = False, dev
         counts: dict[str, int] = {}  # keys some steps report (e.g. an upper-level step every H) average over those
         n_steps = 0
         control.epoch = epoch
-        for batch in method.train_batches(epoch):
+        for batch in _batches(session, method.train_batches(epoch)):
             control.global_step = loop["global_step"]
             for key, value in method.train_step(wrapped, batch, control).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
@@ -206,7 +227,7 @@ def fit(resolved, seed: int, root: Path | None = None, resume: bool = False, dev
         "data_manifest": {k: session.manifest.get(k) for k in ("counts", "raw_files", "count_check")},
         "timing": {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.time() - eval_start, 3),
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        "environment": store.environment(ctx.device, str(ctx.autocast_dtype or "fp32"), ctx.world.size),
+        "environment": store.environment(ctx.device, "fp64" if _is_float64(resolved) else str(ctx.autocast_dtype or "fp32"), ctx.world.size),
     }
     if is_main:
         store.atomic_write_json(out / store.METRICS_FILE, result)
@@ -225,6 +246,11 @@ def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", devic
     resolved: ResolvedRecipe = resolve(str(recipe_file))
     resolved.smoke = bool(saved.get("smoke"))
     seed = int(saved.get("seed", run.name.split("-")[0].removeprefix("seed") or 0))
+    with float64_compute(_is_float64(resolved)):
+        return _evaluate_checkpoint(run, resolved, seed, split, checkpoint, device)
+
+
+def _evaluate_checkpoint(run: Path, resolved, seed: int, split: str, checkpoint: str, device: str | None) -> dict:
     session = build_session(resolved, seed, device, run_dir=run)
     path = run / "checkpoints" / f"{checkpoint}.pt"
     if not path.exists():

@@ -70,7 +70,8 @@ class TrainCfg(Strict):
     select_ties_to_later: bool = False
     patience: int | None = None
     seeds: list[int] = Field(default_factory=lambda: [0])
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # auto: bf16 autocast on CUDA, fp32 on CPU; smoke runs always fp64 (mmbench.engine.precision)
+    precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"
     shuffle: bool = True
     drop_last: bool = False
 
