@@ -148,32 +148,27 @@ def get_architecture(name: str) -> dict | None:
 
 
 def scaled_config(config: dict, width_scale: float) -> dict:
-    """The config with every width divided by `1/width_scale` (head size kept where possible, at least
-    one head); depths, vocabularies, sequence lengths and image sizes stay real. Used for CI, where
-    the code path matters and the FLOPs do not."""
+    """The config with every width × `width_scale`, the number of heads kept (so a method's own head
+    count still divides the hidden size: 768 × 1/16 = 48 = 12 heads of 4); depths, vocabularies,
+    sequence lengths and image sizes stay real. For CI, where the code path matters and FLOPs do not."""
     if width_scale == 1:
         return copy.deepcopy(config)
     out = copy.deepcopy(config)
 
+    def scale(value: int, multiple: int = 1) -> int:
+        return max(multiple, round(value * width_scale / multiple) * multiple)
+
     def shrink(cfg: dict) -> None:
-        heads_key = "num_attention_heads"
-        if "hidden_size" in cfg and heads_key in cfg:
-            head = cfg["hidden_size"] // cfg[heads_key]
-            heads = max(1, round(cfg[heads_key] * width_scale))
-            cfg["hidden_size"], cfg[heads_key] = heads * head, heads
-        for key in ("intermediate_size", "projection_dim"):
+        if "hidden_size" in cfg:
+            cfg["hidden_size"] = scale(cfg["hidden_size"], cfg.get("num_attention_heads", 1))
+        for key in ("intermediate_size", "projection_dim", "embedding_size"):
             if key in cfg:
-                cfg[key] = max(8, round(cfg[key] * width_scale))
-        if "embedding_size" in cfg:
-            cfg["embedding_size"] = max(8, round(cfg["embedding_size"] * width_scale))
-        if "embed_dim" in cfg:  # Swin: widths double per stage, heads of 32 channels
-            cfg["num_heads"] = [max(1, round(h * width_scale)) for h in cfg["num_heads"]]
-            cfg["embed_dim"] = cfg["num_heads"][0] * (cfg["embed_dim"] // config["num_heads"][0])
+                cfg[key] = scale(cfg[key])
+        if "embed_dim" in cfg:  # Swin: width doubles per stage; keep it divisible by the first stage's heads
+            cfg["embed_dim"] = scale(cfg["embed_dim"], cfg["num_heads"][0])
 
     shrink(out)
     for sub in ("text_config", "vision_config"):
         if sub in out:
             shrink(out[sub])
-    if "projection_dim" in out:
-        out["projection_dim"] = max(8, round(out["projection_dim"] * width_scale))
     return out
