@@ -3,7 +3,9 @@
 Input: tokenizer(sentence, target) — `[CLS] sentence [SEP] target [SEP]` for BERT and
 `<s> sentence </s></s> target </s>` for RoBERTa (the pair encoding ITM uses). The sentence keeps
 the `$T$` placeholder by default (ITM's released code); `sentence_form: substitute` puts the target
-back in (TomBERT's BERT baseline). A dropout + linear classifier reads the first token.
+back in. A dropout + linear classifier reads the first token's state (`head: first_token`) or,
+as TomBERT's `run_classifier.py` (BertForSequenceClassification) does, the encoder's pooled output
+(`head: pooler`: dense + tanh on the first token, with the checkpoint's pretrained pooler weights).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from mmbench.data.collate import pad_sequences
+from mmbench.encoders.pretrained import load_or_explain
 from mmbench.encoders.text import load_text_encoder
+from mmbench.encoders.tiny import TINY_TEXT, tiny_text_model, tiny_tokenizer
 from mmbench.engine.method import Method, StepControl
 from mmbench.metrics.classification import classification_metrics
 
@@ -29,26 +33,41 @@ class TextTMSCConfig(BaseModel):
     dropout: float = 0.1
     encoder_dropout: float | None = None  # None keeps the encoder config's dropout
     num_labels: int = 3
+    head: Literal["first_token", "pooler"] = "first_token"
+
+
+def load_encoder_with_pooler(name: str):
+    """(model, tokenizer) keeping the checkpoint's pooler (the shared loader drops it)."""
+    if name in TINY_TEXT:
+        return tiny_text_model(TINY_TEXT[name]), tiny_tokenizer(TINY_TEXT[name])
+    from transformers import AutoModel, AutoTokenizer
+
+    return load_or_explain(name, "text_encoder", lambda source: (AutoModel.from_pretrained(source, dtype="float32"),
+                                                                 AutoTokenizer.from_pretrained(source)))
 
 
 class FirstTokenClassifier(torch.nn.Module):
-    def __init__(self, encoder: torch.nn.Module, num_labels: int, dropout: float):
+    def __init__(self, encoder: torch.nn.Module, num_labels: int, dropout: float, head: str = "first_token"):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.head = encoder, head
+        if head == "pooler" and getattr(encoder, "pooler", None) is None:
+            raise ValueError("head=pooler needs an encoder loaded with its pooler")
         self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        return self.classifier(self.dropout(hidden[:, 0]))
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        first = out.pooler_output if self.head == "pooler" else out.last_hidden_state[:, 0]
+        return self.classifier(self.dropout(first))
 
 
 class TextTMSC(Method):
     Config = TextTMSCConfig
 
     def setup(self) -> None:
-        self.encoder, self.tokenizer = load_text_encoder(self.config.text_encoder)
+        load = load_encoder_with_pooler if self.config.head == "pooler" else load_text_encoder
+        self.encoder, self.tokenizer = load(self.config.text_encoder)
         self.examples = {split: self._encode(self.data[split]) for split in ("train", "dev", "test")}
 
     def _text(self, row: dict) -> tuple[str, str]:
@@ -83,7 +102,7 @@ class TextTMSC(Method):
             for module in self.encoder.modules():
                 if isinstance(module, torch.nn.Dropout):
                     module.p = self.config.encoder_dropout
-        return FirstTokenClassifier(self.encoder, self.config.num_labels, self.config.dropout)
+        return FirstTokenClassifier(self.encoder, self.config.num_labels, self.config.dropout, self.config.head)
 
     @staticmethod
     def _inputs(batch: dict) -> dict:
@@ -92,7 +111,8 @@ class TextTMSC(Method):
     def train_step(self, model, batch, step: StepControl) -> dict[str, float]:
         with step.autocast():
             logits = model(**self._inputs(batch))
-        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # at least fp32
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
         step.backward(loss)
         step.optimizer_step("main")
         return {"loss": loss.item()}
