@@ -117,6 +117,8 @@ class RowCfg(Strict):
     # `--set`-style overrides applied to the recipe for this row (e.g. one point of a sweep)
     overrides: list[str] = Field(default_factory=list)
     paper: list[float | None]
+    # the ± the paper prints beside each number (one per column, None where it prints none)
+    std: list[float | None] | None = None
     aggregation: str = "single run"
     note: str | None = None
 
@@ -137,6 +139,8 @@ class TableCfg(Strict):
                 raise ValueError(
                     f"row {row.label!r} has {len(row.paper)} paper values for {len(self.columns)} columns"
                 )
+            if row.std is not None and len(row.std) != len(self.columns):
+                raise ValueError(f"row {row.label!r} has {len(row.std)} paper std values for {len(self.columns)} columns")
         return self
 
 

@@ -21,6 +21,7 @@ class Cell:
     paper: float | None
     tolerance: float | None
     status: str  # "ok", "not run", "not in mmbench", "no metric"
+    paper_std: float | None = None  # the ± the paper prints, if any
 
     @property
     def delta(self) -> float | None:
@@ -59,11 +60,12 @@ def build_table(paper: PaperCfg, table: TableCfg, all_runs: list[dict], smoke: b
     rendered = []
     for row in table.rows:
         cells, foot, non_reportable = [], [], False
-        for column, paper_value in zip(table.columns, row.paper):
+        for i, (column, paper_value) in enumerate(zip(table.columns, row.paper)):
             tolerance = paper.tolerances.get(column.metric)
+            paper_std = row.std[i] if row.std is not None else None
             resolved = row_recipe(row, column.dataset, smoke)
             if resolved is None:
-                cells.append(Cell(None, paper_value, tolerance, "not in mmbench"))
+                cells.append(Cell(None, paper_value, tolerance, "not in mmbench", paper_std))
                 continue
             for text in [*resolved.recipe.deviations, *resolved.recipe.assumptions]:
                 if text not in notes:
@@ -75,7 +77,7 @@ def build_table(paper: PaperCfg, table: TableCfg, all_runs: list[dict], smoke: b
             non_reportable |= any(not r.get("reportable", True) for r in runs) and not smoke
             ours = aggregate(runs, column.split, column.metric)
             status = "ok" if ours else ("not run" if not runs else "no metric")
-            cells.append(Cell(ours, paper_value, tolerance, status))
+            cells.append(Cell(ours, paper_value, tolerance, status, paper_std))
         rendered.append(RenderedRow(row, cells, sorted(foot), non_reportable))
     return rendered
 
@@ -84,14 +86,18 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _paper(cell: Cell) -> str:
+    return _fmt(cell.paper) + (f"±{_fmt(cell.paper_std)}" if cell.paper is not None and cell.paper_std is not None else "")
+
+
 def format_cell(cell: Cell, smoke: bool) -> str:
     if cell.ours is None:
-        return f"{'—' if cell.status == 'not in mmbench' else cell.status} / {_fmt(cell.paper)}"
+        return f"{'—' if cell.status == 'not in mmbench' else cell.status} / {_paper(cell)}"
     ours = _fmt(cell.ours.mean) + (f"±{_fmt(cell.ours.std)}" if cell.ours.std is not None else "") + f" ({cell.ours.n})"
     if cell.paper is None:
         return f"{ours} / —"
     mark = "" if smoke or cell.within is None else (" ✓" if cell.within else " ✗")
-    return f"{ours} / {_fmt(cell.paper)} (Δ {cell.delta:+.2f}{mark})"
+    return f"{ours} / {_paper(cell)} (Δ {cell.delta:+.2f}{mark})"
 
 
 def render_markdown(paper: PaperCfg, tables: list[tuple[TableCfg, list[RenderedRow]]], notes: list[str], smoke: bool,
@@ -101,7 +107,7 @@ def render_markdown(paper: PaperCfg, tables: list[tuple[TableCfg, list[RenderedR
         lines += [f"> {SMOKE_BANNER}", ""]
     judged = "not judged in smoke tables" if smoke else (
         f"✓ when |Δ| ≤ tolerance: {', '.join(f'{k} {v}' for k, v in paper.tolerances.items()) or 'none set'}")
-    lines += [f"Cells: ours mean±std (n seeds, std with ddof={STD_DDOF}) / paper (Δ = ours − paper; {judged}).", ""]
+    lines += [f"Cells: ours mean±std (n seeds, std with ddof={STD_DDOF}) / paper (±std where the paper prints one; Δ = ours − paper; {judged}).", ""]
     for table, rows in tables:
         lines += [f"## {table.title}" + (" — SMOKE" if smoke else ""), ""]
         lines.append("| Method | " + " | ".join(c.header for c in table.columns) + " |")
@@ -146,7 +152,7 @@ def render_csv(paper: PaperCfg, tables: list[tuple[TableCfg, list[RenderedRow]]]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["paper", "table", "row", "group", "dataset", "split", "metric", "ours_mean", "ours_std", "n",
-                     "paper_value", "delta", "within_tolerance", "status", "smoke"])
+                     "paper_value", "delta", "within_tolerance", "status", "smoke", "paper_std"])
     for table, rows in tables:
         for r in rows:
             for column, cell in zip(table.columns, r.cells):
@@ -154,7 +160,8 @@ def render_csv(paper: PaperCfg, tables: list[tuple[TableCfg, list[RenderedRow]]]
                                  column.metric, cell.ours.mean if cell.ours else "", cell.ours.std if cell.ours and cell.ours.std is not None else "",
                                  cell.ours.n if cell.ours else 0, "" if cell.paper is None else cell.paper,
                                  "" if cell.delta is None else round(cell.delta, 4),
-                                 "" if cell.within is None or smoke else cell.within, cell.status, smoke])
+                                 "" if cell.within is None or smoke else cell.within, cell.status, smoke,
+                                 "" if cell.paper_std is None else cell.paper_std])
     return out.getvalue()
 
 
@@ -169,7 +176,8 @@ def render_latex(paper: PaperCfg, tables: list[tuple[TableCfg, list[RenderedRow]
             cells = []
             for cell in r.cells:
                 ours = "--" if cell.ours is None else (_fmt(cell.ours.mean) + (f"$\\pm${_fmt(cell.ours.std)}" if cell.ours.std is not None else ""))
-                cells.append(f"{ours} ({_fmt(cell.paper)})")
+                printed = _paper(cell).replace("±", "$\\pm$")
+                cells.append(f"{ours} ({printed})")
             parts.append(f"{_tex(r.row.label)} & " + " & ".join(cells) + " \\\\")
         parts.append("\\bottomrule\\end{tabular}\\end{table}\n")
     return "\n".join(parts)

@@ -69,6 +69,24 @@ def test_cells_show_mean_std_n_paper_delta_and_tolerance_marks(demo):
     assert "ddof=1" in text
 
 
+def test_paper_std_is_shown_beside_the_paper_number(demo, tmp_path):
+    paper_yaml = demo / "recipes" / "demo" / "paper.yaml"
+    paper_yaml.write_text(PAPER.replace("paper: [75.0, 65.0], aggregation", "paper: [75.0, 65.0], std: [0.28, null], aggregation")
+                          .replace("paper: [70.0, 60.0]}", "paper: [70.0, 60.0], std: [0.5, 0.25]}"))
+    for seed, acc in enumerate([74.0, 76.0]):
+        fake_run("demo/twitter15", seed, acc)
+    text = report("demo")
+    ours = next(line for line in text.splitlines() if line.startswith("| Ours |"))
+    assert "75.00±1.41 (2) / 75.00±0.28 (Δ +0.00 ✓)" in ours  # ours ± s / paper ± s
+    assert "not run / 65.00 |" in ours  # no ± printed for that column
+    assert "— / 70.00±0.50" in next(line for line in text.splitlines() if line.startswith("| Other"))
+    assert "76.50" not in report("demo", fmt="csv") and report("demo", fmt="csv").splitlines()[0].endswith(",paper_std")
+    assert "(75.00$\\pm$0.28)" in report("demo", fmt="latex")
+    paper_yaml.write_text(PAPER.replace("paper: [70.0, 60.0]}", "paper: [70.0, 60.0], std: [0.5]}"))
+    with pytest.raises(Exception, match="std values"):
+        report("demo")
+
+
 def test_row_overrides_select_their_own_runs(demo):
     fake_run("demo/twitter15", 0, 50.0, overrides=["train.optimizers.main.lr=0.5"])
     fake_run("demo/twitter15", 0, 80.0)

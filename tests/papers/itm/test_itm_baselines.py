@@ -40,3 +40,12 @@ def test_pooler_head_reads_the_pooled_first_token():
         first = FirstTokenClassifier(encoder, 3, 0.0).eval()
         first.classifier.load_state_dict(model.classifier.state_dict())
         assert not torch.allclose(first(ids, mask), expected)  # the first-token head is a different input
+
+
+def test_table3_carries_the_printed_std():
+    from mmbench.recipes.loader import load_paper
+
+    table = next(t for t in load_paper("itm").tables if t.id == "table3")
+    std = {row.label: row.std for row in table.rows}
+    assert std["ITM (ours)"] == [0.28, 0.40, 0.21, 0.27] and std["TomBERT"] == [0.40, 0.16, 0.73, 0.50]
+    assert sum(s is not None for s in std.values()) == 6 and std["BERT"] is None  # the last 5 rows + CapBERT
