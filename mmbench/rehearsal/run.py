@@ -29,6 +29,9 @@ import torch
 from mmbench.engine.method import StepControl
 from mmbench.errors import MmbenchError
 
+# examples kept per split: at least a few whole groups for methods that group examples (5 captions
+# per image, several targets per tweet), else batch × steps
+MIN_EXAMPLES = 20
 MEASURED = ("data = producing a batch; backward = inside step.backward; optimizer = inside step.optimizer_step "
             "(clip + update + schedule); forward = the rest of train_step (incl. any autograd.grad a method calls)")
 
@@ -106,7 +109,8 @@ def rehearse(recipe: str, steps: int = 2, batch: int | None = None, device: str 
         raise MmbenchError(f"--width-scale {width_scale}: expected 0 < scale ≤ 1")
     probe = resolve(recipe, list(overrides or []))
     batch = batch or probe.recipe.train.batch_size
-    fixed = [f"train.batch_size={batch}", f"data.subset={batch * steps}", "data.synthetic=true"]
+    subset = max(batch * steps, MIN_EXAMPLES)
+    fixed = [f"train.batch_size={batch}", f"data.subset={subset}", "data.synthetic=true"]
     if probe.recipe.train.eval_batch_size:
         fixed.append(f"train.eval_batch_size={batch}")
     if precision:
