@@ -20,16 +20,14 @@ def plan_rows(papers: list[str] | None = None, every_row: bool = False) -> list[
     from mmbench.recipes.loader import paper_names
     from mmbench.report.tables import plan
 
-    rows, seen_names = [], set()
+    rows: list[tuple[str, list[str]]] = []
     for paper in papers or paper_names():
         for resolved in plan(paper, None, smoke=False):
             swaps_encoder = any("encoder" in o.split("=", 1)[0] for o in resolved.overrides)
-            if not every_row and resolved.name in seen_names and not swaps_encoder:
-                continue
-            overrides = list(resolved.overrides) if (every_row or swaps_encoder) else []
-            if (resolved.name, overrides) not in rows:
-                rows.append((resolved.name, overrides))
-            seen_names.add(resolved.name)
+            wanted = [(resolved.name, [])]
+            if every_row or swaps_encoder:
+                wanted.append((resolved.name, list(resolved.overrides)))
+            rows += [row for row in wanted if row not in rows]
     return rows
 
 
