@@ -31,7 +31,7 @@ from mmbench.errors import MmbenchError
 
 # examples kept per split: at least a few whole groups for methods that group examples (5 captions
 # per image, several targets per tweet), else batch × steps
-MIN_EXAMPLES = 20
+MIN_EXAMPLES = 10
 MEASURED = ("data = producing a batch; backward = inside step.backward; optimizer = inside step.optimizer_step "
             "(clip + update + schedule); forward = the rest of train_step (incl. any autograd.grad a method calls)")
 
@@ -151,7 +151,6 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
     schedulers = {name: build_scheduler(opt, train.optimizers[name].schedule, steps_per_epoch * train.epochs, steps_per_epoch)
                   for name, opt in optimizers.items()}
     step = WatchedStep(model, optimizers, schedulers, train.grad_clip, train.grad_clip_mode, ctx, sync=sync)
-    params = _parameters(model)
 
     seconds = {"data": 0.0, "forward": 0.0}
     losses_finite, last_logs, batches, examples = True, {}, 0, 0
@@ -182,6 +181,7 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
             if min(step.stepped.get(n, 0) for n in method.optimizer_names) >= steps:
                 break
         epoch += 1
+    params = _parameters(model)  # after the loop: what the rehearsed epochs train (stages freeze parts)
     train_seconds = seconds["data"] + seconds["forward"] + step.seconds["backward"] + step.seconds["optimizer"]
 
     model.eval()

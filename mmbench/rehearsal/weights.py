@@ -81,24 +81,34 @@ def from_config_instead_of_weights() -> Iterator[None]:
         _BaseAutoModelClass.from_pretrained = auto_original
 
 
+def _count(loaded) -> int | None:
+    """Parameters of the first module in what a loader returned (a model, a tuple, a dataclass)."""
+    items = loaded if isinstance(loaded, (tuple, list)) else [loaded, *getattr(loaded, "__dict__", {}).values()]
+    for item in items:
+        if isinstance(item, torch.nn.Module):
+            return sum(p.numel() for p in item.parameters())
+    return None
+
+
 class RandomWeights:
     """The provider: remembers what it built (name → parameter count) for the rehearsal's report."""
 
     def __init__(self, root: Path, width_scale: float = 1.0):
         self.root, self.width_scale = root, width_scale
-        self.built: dict[str, str] = {}
+        self.built: dict[str, dict] = {}
 
     def __call__(self, name: str, key: str, loader: Callable):
         if name not in ARCHITECTURES:
             if Path(name).expanduser().exists():  # local weights: nothing to download
-                self.built[name] = "local weights"
-                return loader(resolve_source(name, key))
+                loaded = loader(resolve_source(name, key))
+                self.built[name] = {"init": "local weights", "parameters": _count(loaded)}
+                return loaded
             raise WeightsNotFound(f"{key}={name}: no built-in architecture to rehearse with; add its config to "
                                   "mmbench/rehearsal/architectures.py (ARCHITECTURES)")
         source = write_model_dir(name, self.root, self.width_scale)
         with from_config_instead_of_weights():
             loaded = loader(str(source))
-        self.built[name] = "random init" + (f" (width ×{self.width_scale:g})" if self.width_scale != 1 else "")
+        self.built[name] = {"init": "random", "width_scale": self.width_scale, "parameters": _count(loaded)}
         return loaded
 
     @contextmanager

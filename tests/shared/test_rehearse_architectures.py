@@ -123,4 +123,5 @@ def test_the_shared_loader_builds_random_weights_only_while_rehearsing(tmp_path)
     assert not random_weights_active()
     assert type(model).__name__ == "BertModel" and model.pooler is None  # the loader's own add_pooling_layer=False
     assert model.config.vocab_size == len(tokenizer) == 30522 and model.config.num_hidden_layers == 12
-    assert provider.built == {"bert-base-uncased": "random init (width ×0.0625)"}
+    assert provider.built == {"bert-base-uncased": {"init": "random", "width_scale": 1 / 16,
+                                                    "parameters": sum(p.numel() for p in model.parameters())}}
