@@ -14,6 +14,7 @@ Per-batch causal effects and weights go to <run dir>/cmcs_trace.jsonl (Figure 4;
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmbench.data.images import load_rgb, resolve_image, safe_image_path
@@ -34,6 +36,9 @@ from mmbench.papers.cmcs.hypergrad import implicit_hypergradient
 from mmbench.results import store
 
 TRACE_FILE = "cmcs_trace.jsonl"
+TRACE_KEYS = ("text_effect", "text_log_effect", "text_weight", "text_step_multiplier", "image_effect", "image_log_effect",
+              "image_weight", "image_step_multiplier", "hypergrad_alpha", "hypergrad_beta", "hypergrad_norm",
+              "neumann_gamma", "hessian_lambda_max", "hypergrad_skipped")
 
 
 class CMCSConfig(BaseModel):
@@ -57,12 +62,20 @@ class CMCSConfig(BaseModel):
     effect_clamp: float | None = 10.0
     upper_every: int = Field(10, ge=1)  # H
     neumann_terms: int = Field(5, ge=0)  # K
-    neumann_scale: float = Field(1.0, gt=0)  # γ of γΣ(I-γH)^j; eq 14 is γ = 1
+    neumann_scaling: Literal["power", "fixed"] = "power"  # γ = 1/λ̂_max (power iteration) or `neumann_scale`
+    neumann_scale: float = Field(1.0, gt=0)  # γ of γΣ(I-γH)^j when fixed; eq 14 as printed is γ = 1
+    power_iterations: int = Field(8, ge=1)
+    # how φ enters the lower update: "step" = per-modality learning-rate multiplier after clipping and
+    # AdamW's normalisation (the eq-12 SGD step's meaning); "loss" = inside the loss as eq 9 prints it
+    phi_application: Literal["step", "loss"] = "step"
+    phi_mean_decay: float = Field(0.99, ge=0, lt=1)  # running mean of φ that normalises the multipliers
     hypergrad_params: Literal["all", "heads"] = "all"  # θ in the Hessian: everything trained, or MFS + heads
     dev_subset_size: int = Field(128, ge=1)
     dev_batch_size: int = Field(32, ge=1)
     # inference fusion (§3.5, eq 15)
-    fusion_encoder: Literal["clip", "bert"] = "clip"
+    # θ of eq 15: cos(CLIP image, CLIP text(prompt)) ("clip_image"), or the text-text reading of the
+    # printed formula, cos(E^t, E^p), with CLIP's text tower ("clip") or BERT ("bert")
+    fusion_encoder: Literal["clip_image", "clip", "bert"] = "clip_image"
     prompt_template: str = "it's a picture of with a target of {target}"
     clip_max_length: int = 77
     trace: bool = True
@@ -125,7 +138,7 @@ class CMCS(Method):
         for example, row, target in zip(examples, rows, targets):
             example["image_path"] = self._image_path(row["image_id"])
             example["image_target"] = target
-        if cfg.fusion_encoder == "clip":
+        if cfg.fusion_encoder in ("clip", "clip_image"):
             sentences = [r["sentence"].replace("$T$", r["target"]) for r in rows]
             tok = self.clip_tokenizer
             sent_ids = tok(sentences, truncation=True, max_length=cfg.clip_max_length)["input_ids"]
@@ -195,17 +208,55 @@ class CMCS(Method):
         text_w = text_w.detach()  # lower level: φ fixed (eq 12)
         image_w = image_w.detach() if image_w is not None else None
         loss = scheduled_loss(text_w, out["text_loss"], image_w, out.get("image_loss"))  # eq (9) for batch b
-        step.backward(loss)  # ∇θL = φ_t ∇θL_t + φ_v ∇θL_v, eq (12)
-        step.optimizer_step("main")  # θ ← θ − η1 ∇θL (Algorithm 1 line 8; AdamW by recipe)
         logs = {"loss": loss.item(), "text_loss": out["text_loss"].item(), "text_effect": out["text_effect"].item(),
-                "text_weight": float(text_w)}
+                "text_log_effect": out["text_log_effect"].item(), "text_weight": float(text_w)}
         if model.has_image:
-            logs.update(image_loss=out["image_loss"].item(), image_effect=out["image_effect"].item(), image_weight=float(image_w))
+            logs.update(image_loss=out["image_loss"].item(), image_effect=out["image_effect"].item(),
+                        image_log_effect=out["image_log_effect"].item(), image_weight=float(image_w))
+        if self.config.phi_application == "loss":
+            step.backward(loss)  # ∇θL = φ_t ∇θL_t + φ_v ∇θL_v, eq (12), then the engine's clip and AdamW
+            step.optimizer_step("main")
+        else:
+            logs.update(self._scheduled_step(model, out, [float(text_w)] + ([float(image_w)] if model.has_image else []), step))
         if self.config.use_cms and (step.global_step + 1) % self.config.upper_every == 0:
             logs.update(self.upper_step(model, batch, step))
         self._trace(model, step, logs)
         self._batch_in_epoch += 1
         return logs
+
+    def _modality_params(self, model: CMCSModel, step: StepControl) -> list[list[torch.Tensor]]:
+        """The main optimiser's parameters split by modality: text (BERT, text MFS, f_t) and image (image
+        MFS, f_v, a trained CLIP vision tower). They are disjoint: L_t reaches only the first, L_v only
+        the second, which is what lets φ act as a per-modality step size."""
+        ids = {id(p) for g in step.optimizers["main"].param_groups for p in g["params"]}
+        prefixes = (("text_encoder.", "text_selector.", "text_head."), ("image_selector.", "image_head.", "clip."))
+        groups = [[p for n, p in model.named_parameters() if id(p) in ids and n.startswith(pre)] for pre in prefixes]
+        assert sum(map(len, groups)) == len(ids), "cmcs: a trained parameter belongs to neither modality"
+        return groups if model.has_image else groups[:1]
+
+    def _scheduled_step(self, model: CMCSModel, out: dict, weights: list[float], step: StepControl) -> dict[str, float]:
+        """Eq 12 as Algorithm 1's step θ ← θ − η1(φ_t∇L_t + φ_v∇L_v) means it on disjoint parameters:
+        φ_m multiplies modality m's step. Under the recipe's clip-then-AdamW, φ inside the loss is erased
+        twice (global clipping rescales every batch to norm 1 once φ ≥ 1.3 lifts it above 1, and AdamW
+        is invariant to a constant gradient scale per parameter), so the order here is: unweighted
+        ∇L_m → clip per modality → AdamW direction → step × φ_m / mean φ (the group lr scaled)."""
+        step.backward(out["text_loss"] + out.get("image_loss", 0.0))  # ∇θL_t and ∇θL_v land on disjoint θ
+        multipliers = model.scheduler.step_multipliers(weights, self.config.phi_mean_decay)
+        optimizer, groups = step.optimizers["main"], self._modality_params(model, step)
+        grads = {id(p): p.grad for params in groups for p in params}
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        for params, mult in zip(groups, multipliers):
+            mine = {id(p) for p in params}
+            for other in groups:
+                for p in other:
+                    p.grad = grads[id(p)] if id(p) in mine else None  # optimisers skip parameters without grad
+            for g, lr in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = lr * mult
+            step.optimizer_step("main", parameters=params, advance_schedule=False)  # clips this modality only
+        for g, lr in zip(optimizer.param_groups, base_lrs):
+            g["lr"] = lr
+        step.schedulers["main"].step()
+        return dict(zip(("text_step_multiplier", "image_step_multiplier"), multipliers))
 
     def hyper_parameters(self, model: CMCSModel) -> list[torch.Tensor]:
         """θ of eqs 13-14: the parameters the main optimiser trains (or only MFS + heads)."""
@@ -214,26 +265,40 @@ class CMCS(Method):
 
     def upper_step(self, model: CMCSModel, batch: dict, step: StepControl) -> dict[str, float]:
         """One upper-level update of φ = {α, β} (Algorithm 1 lines 11-12): the outer problem of the
-        bi-level eq (11), min_φ L_dev(θ*(φ)), with θ from the H lower steps of eq (12)."""
+        bi-level eq (11), min_φ L_dev(θ*(φ)), with θ from the H lower steps of eq (12).
+
+        Every forward here runs in fp32 (Hessian-vector products are numerically sensitive) and under
+        the math SDPA kernel: the Hessian-vector products differentiate the attention backward, and the
+        fused kernels SDPA picks otherwise (flash / memory-efficient on CUDA, flash on CPU without
+        dropout) have no double backward."""
         params = self.hyper_parameters(model)
         phi = [model.scheduler.alpha, model.scheduler.beta]
-        # the upper step runs in fp32 even under bf16 training: Hessian-vector products are numerically sensitive
-        with torch.autocast(self.ctx.device.type, enabled=False):
-            dev_out = model(self._dev_batch(step.global_step), self.config.effect_clamp)
-        dev_text_w, dev_image_w = (w.detach() if w is not None else None for w in self._weights(model, dev_out))
-        dev_loss = scheduled_loss(dev_text_w, dev_out["text_loss"], dev_image_w, dev_out.get("image_loss"))  # eq (10)
-        upper_grad = torch.autograd.grad(dev_loss, params, allow_unused=True)  # ∇θ L_dev
-        with torch.autocast(self.ctx.device.type, enabled=False):
-            out = model(batch, self.config.effect_clamp)
-        text_w, image_w = self._weights(model, out)  # φ as a function of α, β
-        lower = scheduled_loss(text_w, out["text_loss"], image_w, out.get("image_loss"))  # eq (9) at the current θ
-        lower_grad = torch.autograd.grad(lower, params, create_graph=True, allow_unused=True)
-        hyper = implicit_hypergradient(upper_grad, lower_grad, params, phi, self.config.neumann_terms,
-                                       self.config.neumann_scale)  # eqs (13)-(14)
+        cfg = self.config
+        with torch.autocast(self.ctx.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
+            dev_out = model(self._dev_batch(step.global_step), cfg.effect_clamp)
+            dev_text_w, dev_image_w = (w.detach() if w is not None else None for w in self._weights(model, dev_out))
+            dev_loss = scheduled_loss(dev_text_w, dev_out["text_loss"], dev_image_w, dev_out.get("image_loss"))  # eq (10)
+            upper_grad = torch.autograd.grad(dev_loss, params, allow_unused=True)  # ∇θ L_dev
+            out = model(batch, cfg.effect_clamp)
+            text_w, image_w = self._weights(model, out)  # φ as a function of α, β
+            lower = scheduled_loss(text_w, out["text_loss"], image_w, out.get("image_loss"))  # eq (9) at the current θ
+            lower_grad = torch.autograd.grad(lower, params, create_graph=True, allow_unused=True)
+            info: dict = {}
+            hyper = implicit_hypergradient(upper_grad, lower_grad, params, phi, cfg.neumann_terms,
+                                           None if cfg.neumann_scaling == "power" else cfg.neumann_scale,
+                                           power_iters=cfg.power_iterations, info=info)  # eqs (13)-(14)
+        raw = [float(g) for g in hyper]  # logged before the engine clips p.grad in place
+        logs = {"dev_loss": dev_loss.item(), "hypergrad_alpha": raw[0], "hypergrad_beta": raw[1],
+                "hypergrad_norm": math.sqrt(sum(g * g for g in raw)), "neumann_gamma": info["gamma"]}
+        if "lambda_max" in info:
+            logs["hessian_lambda_max"] = info["lambda_max"]
+        if not all(math.isfinite(g) for g in raw):  # never let a NaN/inf reach φ (and through φ, θ)
+            logs["hypergrad_skipped"] = 1.0
+            return logs
         for p, g in zip(phi, hyper):
-            p.grad = g.to(p.dtype)
+            p.grad = g.detach().clone().to(p.dtype)
         step.optimizer_step("meta")  # φ ← φ − η2 ∇φ L_dev (Algorithm 1 line 12)
-        return {"dev_loss": dev_loss.item(), "hypergrad_alpha": float(hyper[0]), "hypergrad_beta": float(hyper[1])}
+        return logs
 
     # -- Figure 4 trace -------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
@@ -250,15 +315,17 @@ class CMCS(Method):
             self._trace_started = True
         row = {"epoch": step.epoch, "batch": self._batch_in_epoch, "global_step": step.global_step,
                "alpha": model.scheduler.alpha.item(), "beta": model.scheduler.beta.item(),
-               **{k: logs[k] for k in ("text_effect", "text_weight", "image_effect", "image_weight", "hypergrad_alpha",
-                                       "hypergrad_beta") if k in logs}}
+               **{k: logs[k] for k in TRACE_KEYS if k in logs}}
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
     # -- inference ------------------------------------------------------------------------------
     def _similarity(self, model: CMCSModel, batch: dict) -> torch.Tensor:
-        """θ = cos(E^t, E^p) of eq 15 (see `fusion_encoder` in the recipe's assumptions)."""
-        if self.config.fusion_encoder == "clip":
+        """θ of eq 15 (see `fusion_encoder` in the recipe's assumptions)."""
+        if self.config.fusion_encoder == "clip_image":
+            text = model.clip_image_embedding(batch["pixel_values"])
+            prompt = model.clip_text_embedding(batch["clip_prompt_ids"], batch["clip_prompt_ids_mask"])
+        elif self.config.fusion_encoder == "clip":
             text = model.clip_text_embedding(batch["clip_sentence_ids"], batch["clip_sentence_ids_mask"])
             prompt = model.clip_text_embedding(batch["clip_prompt_ids"], batch["clip_prompt_ids_mask"])
         else:

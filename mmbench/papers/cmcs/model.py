@@ -67,15 +67,29 @@ def causal_effect(loss_original: torch.Tensor, loss_counterfactual: torch.Tensor
 
 
 class CausalScheduler(nn.Module):
-    """φ_t,b = softplus(α·Δε(Ē^t)), φ_v,b = softplus(β·Δε(Ē^v)) with learnable α, β (§3.3)."""
+    """φ_t,b = softplus(α·Δε(Ē^t)), φ_v,b = softplus(β·Δε(Ē^v)) with learnable α, β (§3.3).
+
+    `step_multipliers` turns φ into per-modality learning-rate multipliers (`phi_application: step`,
+    see method.py): φ divided by a bias-corrected running mean of φ over past batches (both modalities
+    pooled), so the ratio φ_t/φ_v and each batch's φ relative to the usual level survive while the mean
+    learning rate stays η1. The running mean is a buffer, so checkpoints and resumes keep it."""
 
     def __init__(self, init_alpha: float = 1.0, init_beta: float = 1.0):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(float(init_alpha)))
         self.beta = nn.Parameter(torch.tensor(float(init_beta)))
+        self.register_buffer("phi_mean", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("phi_mean_weight", torch.tensor(0.0, dtype=torch.float64))
 
     def forward(self, text_effect: torch.Tensor, image_effect: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return F.softplus(self.alpha * text_effect), F.softplus(self.beta * image_effect)
+
+    @torch.no_grad()
+    def step_multipliers(self, weights: list[float], decay: float) -> list[float]:
+        self.phi_mean.mul_(decay).add_((1 - decay) * sum(weights) / len(weights))
+        self.phi_mean_weight.mul_(decay).add_(1 - decay)
+        level = float(self.phi_mean / self.phi_mean_weight)
+        return [w / level for w in weights]
 
 
 def scheduled_loss(text_weight, text_loss_value, image_weight=None, image_loss_value=None) -> torch.Tensor:
@@ -129,6 +143,10 @@ class CMCSModel(nn.Module):
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             return self.clip.vision_model(pixel_values=pixel_values).pooler_output
 
+    def clip_image_embedding(self, pixel_values) -> torch.Tensor:
+        """CLIP's image embedding in the joint space (vision pooled output → visual projection)."""
+        return self.clip.visual_projection(self.image_features(pixel_values))
+
     def clip_text_embedding(self, input_ids, attention_mask) -> torch.Tensor:
         pooled = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
         return self.clip.text_projection(pooled)
@@ -142,6 +160,7 @@ class CMCSModel(nn.Module):
         with torch.no_grad():
             original_t = text_loss(self.text_head(e_t), batch["labels"])  # ŷ^t = f_t(E^t)
         out["text_effect"] = causal_effect(original_t, out["text_loss"], effect_clamp)  # eq (7)
+        out["text_log_effect"] = (original_t - out["text_loss"]).detach()  # ln Δε before the clamp (trace)
         if self.has_image:
             e_v = self.image_features(batch["pixel_values"])
             cf_v, mask_v = self.image_selector(e_v)
@@ -150,4 +169,5 @@ class CMCSModel(nn.Module):
             with torch.no_grad():
                 original_v = image_loss(self.image_head(e_v), batch["image_targets"])  # ŷ^v = f_v(E^v)
             out["image_effect"] = causal_effect(original_v, out["image_loss"], effect_clamp)  # eq (8)
+            out["image_log_effect"] = (original_v - out["image_loss"]).detach()
         return out
