@@ -31,6 +31,38 @@ def cli_errors(func):
     return wrapper
 
 
+def _version(value: bool) -> None:
+    if value:
+        from mmbench import __version__
+        from mmbench.paths import checkout_root
+        from mmbench.results.store import git_state
+
+        git = git_state() if checkout_root() is not None else {}
+        commit = git.get("git_commit")
+        typer.echo(f"mmbench {__version__}" + (f" (git {commit[:12]}{', dirty' if git.get('git_dirty') else ''})" if commit else ""))
+        raise typer.Exit()
+
+
+def _add_recipe_folders(folders: Optional[List[Path]]) -> None:
+    """--recipes DIR (repeatable) goes before MMBENCH_RECIPES; child processes inherit it."""
+    if folders:
+        import os
+
+        from mmbench.paths import RECIPES_ENV
+
+        old = [p for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p]
+        os.environ[RECIPES_ENV] = os.pathsep.join([*(str(f) for f in folders), *old])
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print the version (and git commit in a checkout) and exit"),
+         recipes: Optional[List[Path]] = typer.Option(None, "--recipes", help="a folder of your own recipes, searched after the "
+                                                      "built-in ones (repeatable; also MMBENCH_RECIPES, os.pathsep-separated)")):
+    """Reproduce the tables of five multimodal papers: prepare → train → eval → report."""
+    _add_recipe_folders(recipes)
+
+
 @app.command("ls")
 @cli_errors
 def ls(what: str = typer.Argument(..., help="papers | recipes | datasets | methods")):
@@ -43,8 +75,11 @@ def ls(what: str = typer.Argument(..., help="papers | recipes | datasets | metho
         for name in paper_names():
             typer.echo(f"{name}\t{load_paper(name).title}")
     elif what == "recipes":
+        from mmbench.paths import recipe_files
+
+        files = recipe_files()
         for name in recipe_names():
-            typer.echo(name)
+            typer.echo(f"{name}\t{files[name].origin}\t{files[name].path}")
     elif what == "datasets":
         from mmbench.data.catalog import DATASETS
 
@@ -188,11 +223,55 @@ def reproduce(paper: str, dataset: str = typer.Option(..., help="dataset of the 
               smoke: bool = typer.Option(False, help="synthetic data and tiny encoders (offline, CPU, seconds)"),
               dry_run: bool = typer.Option(False, help="print the plan and what already exists, run nothing"),
               skip_existing: bool = typer.Option(False, help="skip runs whose metrics.json exists (same config hash)"),
-              device: Optional[str] = typer.Option(None, help="cpu | cuda")):
+              device: Optional[str] = typer.Option(None, help="cpu | cuda"),
+              table: List[str] = typer.Option([], "--table", help="only the runs of this table id (repeatable, e.g. table3)"),
+              launcher: str = typer.Option("local", help="local (one after another here) | gpus (one child per GPU) | slurm (submitit)"),
+              gpus: Optional[str] = typer.Option(None, help="with --launcher gpus: CUDA_VISIBLE_DEVICES ids, e.g. 0,1,2,3 (default: all visible)"),
+              launcher_config: Optional[Path] = typer.Option(None, help="YAML file with a launcher: section (slurm options)"),
+              partition: Optional[str] = typer.Option(None, help="slurm partition"),
+              time: Optional[str] = typer.Option(None, help="slurm time limit: minutes or [D-]HH:MM:SS"),
+              gpus_per_task: Optional[int] = typer.Option(None, help="slurm GPUs per run (default 1)"),
+              cpus_per_task: Optional[int] = typer.Option(None, help="slurm CPUs per run"),
+              sbatch: List[str] = typer.Option([], "--sbatch", help="extra sbatch option KEY=VALUE (repeatable), e.g. account=lab"),
+              wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait and print the tables, or submit and return")):
     """Prepare if needed, train every recipe of PAPER's tables on DATASET for N seeds, evaluate, print the tables."""
     from mmbench.reproduce import run_plan
 
-    run_plan(paper, dataset, seeds, smoke, dry_run, skip_existing, device)
+    slurm_options = None
+    if launcher == "slurm":
+        from mmbench.launchers.slurm import SlurmOptions
+
+        bad = [s for s in sbatch if "=" not in s or not s.split("=", 1)[0]]
+        if bad:
+            raise MmbenchError(f"--sbatch {bad[0]!r}: expected KEY=VALUE, e.g. account=my-lab")
+        slurm_options = SlurmOptions.load(launcher_config, partition=partition, time=time, gpus_per_task=gpus_per_task,
+                                          cpus_per_task=cpus_per_task, sbatch=dict(s.split("=", 1) for s in sbatch))
+    run_plan(paper, dataset, seeds, smoke, dry_run, skip_existing, device, launcher=launcher, tables=table or None,
+             gpus=gpus, slurm_options=slurm_options, wait=wait)
+
+
+@app.command()
+@cli_errors
+def status(paper: str, dataset: Optional[str] = typer.Option(None, help="only this dataset (default: every dataset of the tables)"),
+           seeds: Optional[int] = typer.Option(None, help="seeds per recipe, as given to reproduce"),
+           smoke: bool = typer.Option(False, help="the smoke plan"),
+           table: List[str] = typer.Option([], "--table", help="only the runs of this table id (repeatable)"),
+           json_: bool = typer.Option(False, "--json", help="one JSON object: runs and counts per state")):
+    """Which runs of PAPER's plan are done, running, queued, failed, partial or missing, with their paths."""
+    import json
+
+    from mmbench.launchers import STATES
+    from mmbench.reproduce import plan_status
+
+    rows = plan_status(paper, dataset, seeds, smoke, table or None)
+    counts = {state: sum(r["state"] == state for r in rows) for state in STATES}
+    if json_:
+        typer.echo(json.dumps({"paper": paper, "dataset": dataset, "smoke": smoke, "counts": counts, "runs": rows}, indent=1))
+        return
+    for r in rows:
+        extra = f" [{' '.join(r['overrides'])}]" if r["overrides"] else ""
+        typer.echo(f"{r['state']:<8} {r['recipe']} seed {r['seed']}{extra}  {r['run_dir']}" + (f"  ({r['detail']})" if r["detail"] else ""))
+    typer.echo(", ".join(f"{n} {state}" for state, n in counts.items() if n) + f" of {len(rows)} runs")
 
 
 @app.command()
@@ -229,9 +308,10 @@ def bench(name: Optional[str] = typer.Argument(None, help="benchmark script unde
     """Run a speed/memory benchmark from benchmarks/ (results go to benchmarks/results/)."""
     import subprocess
 
-    from mmbench.paths import REPO_ROOT
+    from mmbench.paths import benchmarks_dir
 
-    scripts = sorted(p.stem for p in (REPO_ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+    folder = benchmarks_dir()
+    scripts = sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_"))
     if name is None:
         for script in scripts:
             typer.echo(script)
@@ -240,7 +320,7 @@ def bench(name: Optional[str] = typer.Argument(None, help="benchmark script unde
         from mmbench.registry import unknown_name_message
 
         raise MmbenchError(unknown_name_message("benchmark", name, scripts))
-    raise typer.Exit(subprocess.call([sys.executable, str(REPO_ROOT / "benchmarks" / f"{name}.py"), *(args or [])]))
+    raise typer.Exit(subprocess.call([sys.executable, str(folder / f"{name}.py"), *(args or [])]))
 
 
 @app.command()

@@ -63,23 +63,65 @@ class Progress:
             self.rich.stop()
 
 
-def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run: bool, skip_existing: bool,
-             device: str | None) -> None:
-    from mmbench.report.tables import plan, report
+def plan_runs(paper: str, dataset: str | None, n_seeds: int | None, smoke: bool, tables: list[str] | None = None) -> list:
+    """[(resolved recipe, seed)] the paper's tables (or only `tables`, by id) need on `dataset`."""
+    from mmbench.recipes.loader import load_paper
+    from mmbench.report.tables import plan, row_recipe
 
     recipes = plan(paper, dataset, smoke)
+    if tables:
+        known = {t.id: t for t in load_paper(paper).tables}
+        missing = [t for t in tables if t not in known]
+        if missing:
+            from mmbench.registry import unknown_name_message
+
+            raise MmbenchError(unknown_name_message("table", missing[0], sorted(known)))
+        wanted = {(r.name, r.config_hash) for t in tables for row in known[t].rows for c in known[t].columns
+                  if row.recipe is not None and (dataset is None or c.dataset == dataset)
+                  for r in [row_recipe(row, c.dataset, smoke)]}
+        recipes = [r for r in recipes if (r.name, r.config_hash) in wanted]
     if not recipes:
-        raise MmbenchError(f"paper {paper} has no runnable rows for dataset {dataset!r}")
-    jobs = [(r, seed) for r in recipes for seed in _seeds(r, n_seeds)]
+        raise MmbenchError(f"paper {paper} has no runnable rows for dataset {dataset!r}" + (f" in {', '.join(tables)}" if tables else ""))
+    return [(r, seed) for r in recipes for seed in _seeds(r, n_seeds)]
+
+
+def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run: bool, skip_existing: bool,
+             device: str | None, launcher: str = "local", tables: list[str] | None = None, gpus: str | None = None,
+             slurm_options=None, wait: bool = True) -> None:
+    """Train the plan with a launcher (see mmbench.launchers) and print the tables. gpus/slurm always
+    skip finished runs and runs another launcher holds; failures are listed at the end (exit 1)."""
+    from mmbench.report.tables import report
+
+    jobs = plan_runs(paper, dataset, n_seeds, smoke, tables)
     if dry_run:
-        print(f"plan for {paper} on {dataset}{' (smoke)' if smoke else ''}: {len(recipes)} recipes, {len(jobs)} runs")
+        print(f"plan for {paper} on {dataset}{' (smoke)' if smoke else ''}: {len({r.name + r.config_hash for r, _ in jobs})} recipes, {len(jobs)} runs")
         for resolved, seed in jobs:
             exists = (store.run_dir(resolved, seed) / store.METRICS_FILE).exists()
             extra = f" --set {' '.join(resolved.overrides)}" if resolved.overrides else ""
             print(f"  {'done ' if exists else 'to do'}  {resolved.name} seed {seed}{extra} → {store.run_dir(resolved, seed)}")
         return
-    for ds in sorted({r.recipe.dataset for r in recipes}):
+    if launcher not in ("local", "gpus", "slurm"):
+        raise MmbenchError(f"--launcher {launcher!r}: expected local, gpus or slurm")
+    if launcher == "slurm":
+        from mmbench.launchers.slurm import _submitit
+
+        _submitit()  # one line naming what to install, before preparing anything
+    for ds in sorted({r.recipe.dataset for r, _ in jobs}):
         _ensure_prepared(ds, smoke)
+    failed = 0
+    if launcher == "local":
+        _run_local(jobs, skip_existing, device)
+    else:
+        failed = _run_launched(jobs, launcher, device, gpus, slurm_options, wait)
+        if failed is None:
+            return
+    print(report(paper, "md", smoke))
+    if failed:
+        raise MmbenchError(f"{failed} of {len(jobs)} runs failed (listed above the tables); re-run the same command "
+                           "to retry them (finished runs are skipped)")
+
+
+def _run_local(jobs, skip_existing: bool, device: str | None) -> None:
     from mmbench.engine.trainer import fit
 
     progress = Progress(len(jobs))
@@ -93,4 +135,48 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
             progress.advance(label)
     finally:
         progress.close()
-    print(report(paper, "md", smoke))
+
+
+def _run_launched(pairs, launcher: str, device: str | None, gpus: str | None, slurm_options, wait: bool) -> int | None:
+    """Hand the runs that are not done or held elsewhere to the gpus/slurm launcher; the number of
+    failed runs, or None when the tables must not be printed yet (--no-wait)."""
+    from mmbench.launchers import make_jobs, run_state, summarize
+
+    jobs, results = [], []
+    for job in make_jobs(pairs, device):
+        state, detail = run_state(job.run_dir)
+        if state in ("done", "queued", "running"):
+            print(f"skip ({state}{': ' + detail if detail else ''}): {job.label}", flush=True)
+            results.append((job, state, detail))
+        else:
+            jobs.append(job)
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    if launcher == "gpus":
+        from mmbench.launchers import gpus as gpu_launcher
+
+        results += gpu_launcher.run(jobs, gpu_launcher.visible_gpus(gpus), log)
+    else:
+        from mmbench.launchers import slurm
+
+        submitted = slurm.submit(jobs, slurm_options or slurm.SlurmOptions(), log)
+        if not wait:
+            print(f"submitted {len(submitted)} jobs; follow them with `mmbench status` and render with `mmbench report`")
+            return None
+        results += slurm.wait(submitted, log)
+    failed = summarize(results, log)
+    if any(state in ("queued", "running") for _, state, _ in results):
+        print("some runs are held by another launcher; their cells stay empty until they finish")
+    return failed
+
+
+def plan_status(paper: str, dataset: str | None, n_seeds: int | None, smoke: bool, tables: list[str] | None = None) -> list[dict]:
+    """`mmbench status`: each run of the plan with its state (mmbench.launchers.STATES) and path."""
+    from mmbench.launchers import run_state
+
+    rows = []
+    for resolved, seed in plan_runs(paper, dataset, n_seeds, smoke, tables):
+        path = store.run_dir(resolved, seed)
+        state, detail = run_state(path)
+        rows.append({"recipe": resolved.name, "overrides": list(resolved.overrides), "seed": seed,
+                     "dataset": resolved.recipe.dataset, "state": state, "detail": detail, "run_dir": str(path)})
+    return rows

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mmbench.errors import RecipeError, located
-from mmbench.paths import recipes_dir
+from mmbench.paths import recipe_files
 from mmbench.recipes.schema import PaperCfg, Recipe
 
 # Lists that a child recipe adds to instead of replacing.
@@ -56,7 +56,9 @@ class ResolvedRecipe:
 
 
 def recipe_names(root: Path | None = None) -> list[str]:
-    root = root or recipes_dir()
+    """Runnable recipes on the search path (built-in, then user folders), or under one folder."""
+    if root is None:
+        return sorted(name for name, entry in recipe_files().items() if entry.kind == "recipe")
     names = []
     for path in sorted(root.rglob("*.yaml")):
         if path.name.startswith("_") or path.name == "paper.yaml":
@@ -66,7 +68,8 @@ def recipe_names(root: Path | None = None) -> list[str]:
 
 
 def paper_names(root: Path | None = None) -> list[str]:
-    root = root or recipes_dir()
+    if root is None:
+        return sorted(name.rsplit("/", 1)[0] for name, entry in recipe_files().items() if entry.kind == "paper")
     return sorted(p.parent.name for p in root.glob("*/paper.yaml"))
 
 
@@ -102,6 +105,8 @@ def load_raw(path: Path) -> dict[str, Any]:
     parent_ref = data.get("extends")
     if parent_ref is None:
         return data
+    if isinstance(parent_ref, str) and not parent_ref.endswith(".yaml"):
+        return _extend_by_name(path, data, parent_ref)
     parent_path = (path.parent / parent_ref).resolve()
     parent = read_yaml(parent_path)
     if parent.get("extends") is not None:
@@ -110,6 +115,21 @@ def load_raw(path: Path) -> dict[str, Any]:
         )
     merged = deep_merge(parent, data)
     return merged
+
+
+def _extend_by_name(path: Path, data: dict, parent_name: str) -> dict:
+    """`extends: itm/twitter15` (no .yaml): a recipe on the search path, e.g. a user recipe on a built-in
+    one. The named recipe keeps its own one `extends:` level; it may not itself extend by name."""
+    entry = recipe_files().get(parent_name)
+    if entry is None or entry.kind == "paper":
+        from mmbench.registry import unknown_name_message
+
+        raise RecipeError(located(path, "extends", unknown_name_message("recipe", parent_name, recipe_names())))
+    parent = read_yaml(entry.path)
+    if isinstance(parent.get("extends"), str) and not parent["extends"].endswith(".yaml"):
+        raise RecipeError(located(path, "extends", f"{parent_name} itself extends {parent['extends']} by name; "
+                                                   "a recipe may extend a named recipe only if that one does not"))
+    return deep_merge(load_raw(entry.path), data)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -190,26 +210,25 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, smoke: bool =
 
 
 def _locate(name_or_path: str) -> tuple[Path, str]:
-    root = recipes_dir()
+    files = recipe_files()
     candidate = Path(name_or_path)
     if candidate.suffix == ".yaml" and candidate.exists():
         path = candidate.resolve()
-        try:
-            name = path.relative_to(root.resolve()).with_suffix("").as_posix()
-        except ValueError:
-            name = path.stem
+        # a file on the search path keeps its name there; any other file is named by its stem
+        name = next((n for n, e in files.items() if e.path.resolve() == path), path.stem)
         return path, name
-    path = root / f"{name_or_path}.yaml"
-    if not path.exists():
+    entry = files.get(name_or_path)
+    if entry is None or entry.kind == "paper":
         from mmbench.registry import unknown_name_message
 
-        raise RecipeError(unknown_name_message("recipe", name_or_path, recipe_names(root)))
-    return path, name_or_path
+        raise RecipeError(unknown_name_message("recipe", name_or_path, recipe_names()))
+    return entry.path, name_or_path
 
 
 def load_paper(paper: str) -> PaperCfg:
-    path = recipes_dir() / paper / "paper.yaml"
-    if not path.exists():
+    entry = recipe_files().get(f"{paper}/paper")
+    path = entry.path if entry is not None else Path(paper, "paper.yaml")
+    if entry is None:
         from mmbench.registry import unknown_name_message
 
         raise RecipeError(unknown_name_message("paper", paper, paper_names()))

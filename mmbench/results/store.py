@@ -60,6 +60,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def git_state() -> dict[str, Any]:
+    from mmbench.paths import checkout_root
+
+    if checkout_root() is None:  # an installed wheel: a git repository around site-packages is not ours
+        return {"git_commit": None, "git_dirty": None}
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
 

@@ -1,0 +1,122 @@
+"""Where `mmbench reproduce` trains the runs of a plan: `local` (this process, one after another),
+`gpus` (one child process per GPU of this machine, `mmbench.launchers.gpus`) or `slurm` (one
+submitit job per run, `mmbench.launchers.slurm`).
+
+Every launcher hands a run to `mmbench.launchers.worker.run_job` as a plain-JSON spec, so a child
+process or a cluster node re-resolves exactly the recipe the plan resolved (the run dir is checked).
+Each run dir gets `launch.json` (state, launcher, job id, host, pid, CUDA_VISIBLE_DEVICES, times, the
+error of a failed run) next to the trainer's own files; `mmbench status` reads it. Finished runs
+(metrics.json) are never handed out again, and runs another launcher has queued or is training are
+skipped; the trainer's run-dir lock is the last guard against two processes training one run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmbench.results import store
+
+LAUNCH_FILE = "launch.json"
+LOG_FILE = "launch.log"
+LAUNCHERS = ("local", "gpus", "slurm")
+STATES = ("done", "running", "queued", "failed", "partial", "missing")
+
+
+@dataclass
+class Job:
+    recipe: str
+    overrides: list[str]
+    smoke: bool
+    seed: int
+    run_dir: Path
+    device: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.recipe} seed {self.seed}" + (f" [{' '.join(self.overrides)}]" if self.overrides else "")
+
+    def spec(self) -> dict:
+        """What a worker needs, as JSON: the recipe name, overrides, seed and the folders it must use."""
+        return {"recipe": self.recipe, "overrides": list(self.overrides), "smoke": self.smoke, "seed": self.seed,
+                "device": self.device, "run_dir": str(self.run_dir), "env": dict(self.env)}
+
+
+def worker_env() -> dict[str, str]:
+    """Absolute data/runs roots and the recipe search path of this process, for workers elsewhere."""
+    from mmbench.paths import RECIPES_ENV, data_root, runs_root
+
+    env = {"MMBENCH_DATA": str(data_root().resolve()), "MMBENCH_RUNS": str(runs_root().resolve())}
+    if os.environ.get(RECIPES_ENV):
+        env[RECIPES_ENV] = os.pathsep.join(str(Path(p).resolve()) for p in os.environ[RECIPES_ENV].split(os.pathsep) if p)
+    for name in ("MMBENCH_THREADS", "MMBENCH_RESULTS"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+def make_jobs(pairs, device: str | None) -> list[Job]:
+    """(resolved recipe, seed) pairs of a plan → jobs."""
+    env = worker_env()
+    return [Job(r.name, list(r.overrides), r.smoke, seed, store.run_dir(r, seed).resolve(), device, env) for r, seed in pairs]
+
+
+def read_launch(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / LAUNCH_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_launch(run_dir: Path, **fields) -> dict:
+    """Merge fields into the run's launch.json (written atomically)."""
+    data = {**read_launch(run_dir), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    store.atomic_write_json(run_dir / LAUNCH_FILE, data)
+    return data
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_state(run_dir: Path) -> tuple[str, str]:
+    """(state, detail) of one run dir; state is one of STATES."""
+    if (run_dir / store.METRICS_FILE).exists():
+        return "done", ""
+    launch = read_launch(run_dir)
+    state = launch.get("state")
+    if state == "running" and launch.get("host") == socket.gethostname() and launch.get("pid") and not _pid_alive(launch["pid"]):
+        return "failed", f"process {launch['pid']} on {launch['host']} stopped without finishing (see {run_dir / LOG_FILE})"
+    if state in ("queued", "running") and launch.get("launcher") == "slurm":
+        from mmbench.launchers.slurm import cluster_state
+
+        state = cluster_state(launch) or state
+    if state in ("queued", "running"):
+        where = f"job {launch['job_id']}" if launch.get("job_id") else f"pid {launch.get('pid')} on {launch.get('host')}"
+        return state, f"{launch.get('launcher', '?')} {where}"
+    if state == "failed":
+        return "failed", launch.get("error") or "failed"
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        return "partial", "checkpoints/last.pt exists; the next launch resumes it"
+    return "missing", ""
+
+
+def summarize(results: list[tuple[Job, str, str]], log) -> int:
+    """Print failures per run after all runs ended; the number of failed runs."""
+    failed = [(job, detail) for job, state, detail in results if state == "failed"]
+    counts = {s: sum(1 for _, state, _ in results if state == s) for s in STATES}
+    log("runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    for job, detail in failed:
+        log(f"FAILED {job.label}: {detail} → {job.run_dir}")
+    return len(failed)

@@ -1,0 +1,139 @@
+"""`--launcher slurm`: one submitit job per run (submitit is what Hydra's Slurm launcher uses; optional
+dependency `mmbench[slurm]`). Options come from a `launcher:` section of a YAML file
+(`--launcher-config`) and the command line, the command line winning:
+
+    launcher:
+      partition: gpu          # sbatch --partition
+      time: "12:00:00"        # sbatch --time (minutes or [D-]HH:MM:SS)
+      gpus_per_task: 1
+      cpus_per_task: 8
+      mem_gb: 64
+      sbatch: {account: my-lab, qos: normal}   # any other sbatch option
+      setup: ["source ~/venvs/mmbench/bin/activate"]   # lines run before the job
+      cluster: slurm          # submitit's executor: slurm, or local/debug to try it without a cluster
+
+Each job's submitit files (stdout, stderr, pickles) are in `<run dir>/slurm/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mmbench.errors import MmbenchError
+from mmbench.launchers import Job, write_launch
+
+INSTALL_HINT = "--launcher slurm needs submitit, which is not installed: pip install 'mmbench[slurm]' (or pip install submitit)"
+_CLUSTER_STATES = {"PENDING": "queued", "CONFIGURING": "queued", "REQUEUED": "queued", "RUNNING": "running",
+                   "COMPLETING": "running", "FAILED": "failed", "CANCELLED": "failed", "TIMEOUT": "failed",
+                   "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "PREEMPTED": "failed", "COMPLETED": "failed"}
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    time: str | int | None = None
+    gpus_per_task: int = 1
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+    sbatch: dict[str, str] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+    cluster: str | None = None
+
+    @classmethod
+    def load(cls, config: Path | None, **cli) -> "SlurmOptions":
+        data = {}
+        if config is not None:
+            from mmbench.recipes.loader import read_yaml
+
+            data = read_yaml(config).get("launcher") or {}
+            if not isinstance(data, dict):
+                raise MmbenchError(f"{config}: launcher: must be a mapping")
+            unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise MmbenchError(f"{config}: launcher.{unknown[0]}: unknown key (known: {', '.join(cls.__dataclass_fields__)})")
+        sbatch = {**(data.pop("sbatch", None) or {}), **(cli.pop("sbatch", None) or {})}
+        data.update({k: v for k, v in cli.items() if v is not None})
+        return cls(**data, sbatch={str(k): str(v) for k, v in sbatch.items()})
+
+    def timeout_min(self) -> int | None:
+        if self.time is None:
+            return None
+        if isinstance(self.time, int) or str(self.time).isdigit():
+            return int(self.time)
+        days, _, clock = str(self.time).rpartition("-")
+        parts = [int(p) for p in clock.split(":")]
+        if len(parts) != 3:
+            raise MmbenchError(f"launcher time {self.time!r}: expected minutes or [D-]HH:MM:SS")
+        return int(days or 0) * 1440 + parts[0] * 60 + parts[1] + (parts[2] > 0)
+
+    def executor_parameters(self, name: str) -> dict:
+        params = {"name": name, "timeout_min": self.timeout_min(), "gpus_per_node": self.gpus_per_task, "tasks_per_node": 1,
+                  "nodes": 1, "cpus_per_task": self.cpus_per_task, "mem_gb": self.mem_gb, "slurm_partition": self.partition,
+                  "slurm_additional_parameters": self.sbatch or None, "slurm_setup": self.setup or None}
+        return {k: v for k, v in params.items() if v is not None}
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise MmbenchError(INSTALL_HINT) from None
+    return submitit
+
+
+def _job_main(spec: dict) -> dict:
+    """Runs on the node (module-level, so submitit pickles it by reference)."""
+    import submitit
+
+    from mmbench.launchers.worker import run_job
+
+    return run_job(spec, launcher="slurm", job_id=str(submitit.JobEnvironment().job_id))
+
+
+def submit(jobs: list[Job], options: SlurmOptions, log) -> list:
+    submitit = _submitit()
+    submitted = []
+    for job in jobs:
+        folder = job.run_dir / "slurm"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_launch(job.run_dir, state="queued", launcher="slurm", cluster=options.cluster or "slurm", folder=str(folder),
+                     job_id=None, error=None, options=asdict(options))
+        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
+        executor.update_parameters(**options.executor_parameters(f"mmbench-{job.recipe.replace('/', '-')}-s{job.seed}"))
+        handle = executor.submit(_job_main, job.spec())
+        (folder / "job_id").write_text(f"{handle.job_id}\n")
+        log(f"submitted {job.label} as job {handle.job_id} (logs: {folder})")
+        submitted.append((job, handle))
+    return submitted
+
+
+def wait(submitted: list, log) -> list[tuple[Job, str, str]]:
+    results = []
+    for job, handle in submitted:
+        try:
+            handle.result()
+            results.append((job, "done", ""))
+            log(f"done  {job.label}")
+        except Exception as exc:  # submitit wraps the job's exception; its last line names the cause
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            detail = lines[-1] if lines else type(exc).__name__
+            results.append((job, "failed", f"{detail} (logs: {job.run_dir / 'slurm'})"))
+            log(f"FAIL  {job.label}: {detail}")
+    return results
+
+
+def cluster_state(launch: dict) -> str | None:
+    """The scheduler's view of a queued/running slurm job (sacct through submitit), or None if unknown."""
+    if (launch.get("cluster") or "slurm") != "slurm" or not launch.get("folder"):
+        return None
+    job_file = Path(launch["folder"]) / "job_id"
+    job_id = launch.get("job_id") or (job_file.read_text().strip() if job_file.exists() else None)
+    if not job_id:
+        return None
+    try:
+        import submitit
+
+        return _CLUSTER_STATES.get(submitit.SlurmJob(folder=launch["folder"], job_id=job_id).state.split()[0])
+    except Exception:  # no sacct here, or the job is too old: fall back to what launch.json says
+        return None
