@@ -32,7 +32,23 @@ def figure4_data(run_dir: Path, epochs: tuple[int, ...] = (1, 15), batches: int 
     for _, epoch in used:
         chosen = sorted((r for r in rows if r["epoch"] == epoch - 1), key=lambda r: r["batch"])[:batches]
         series[epoch] = {q: [r.get(q) for r in chosen] for q, _ in QUANTITIES}
-    return {"epochs": used, "series": series}
+    return {"epochs": used, "series": series, "ranges": effect_ranges(rows)}
+
+
+def effect_ranges(rows: list[dict]) -> list[dict]:
+    """Per epoch, min / median / max of ln Δε before the clamp (text, image) and of the raw hypergradient
+    norm: what the `effect_clamp` is chosen from (issue 14)."""
+    import statistics
+
+    out = []
+    for epoch in sorted({r["epoch"] for r in rows}):
+        row = {"epoch": epoch + 1}
+        for key in ("text_log_effect", "image_log_effect", "hypergrad_norm"):
+            values = [r[key] for r in rows if r["epoch"] == epoch and r.get(key) is not None]
+            if values:
+                row[key] = (min(values), statistics.median(values), max(values))
+        out.append(row)
+    return out
 
 
 def _fmt(value) -> str:
@@ -50,6 +66,11 @@ def figure4_table(data: dict) -> str:
                 values = data["series"][epoch][q]
                 cells.append(_fmt(values[b] if b < len(values) else None))
         lines.append("| " + " | ".join(cells) + " |")
+    keys = (("text_log_effect", "ln Δε text"), ("image_log_effect", "ln Δε image"), ("hypergrad_norm", "‖∇φ‖ raw"))
+    lines += ["", "| epoch | " + " | ".join(f"{label} min / median / max" for _, label in keys) + " |", "|" + "---|" * 4]
+    for r in data.get("ranges", []):
+        cells = [" / ".join(f"{v:.3g}" for v in r[k]) if k in r else "–" for k, _ in keys]
+        lines.append(f"| {r['epoch']} | " + " | ".join(cells) + " |")
     notes = [f"epoch {asked} was not reached; epoch {used} is shown" for asked, used in data["epochs"] if asked != used]
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 

@@ -15,7 +15,7 @@ formed (`torch.autograd.grad` of the lower gradient), never the Hessian itself.
 
 Why γ = 1/λ̂_max (`power_lambda_max`) and not γ = 1 or γ = η1: a 1024→3 head on LayerNorm-scale
 features already has λ_max ≈ 25-50, so γ = 1 makes (I - H)^j grow like 50^j (K = 5 gives 1e6-1e15 with
-the wrong sign); γ = η1 = 2e-5 converges but with K = 40 terms sums to ≈ 40·η1·I, a scaled identity that
+the wrong sign); γ = η1 = 2e-5 converges but with K = 60 terms sums to ≈ 60·η1·I, a scaled identity that
 is orders of magnitude too small and blind to curvature (it is the unrolled-SGD derivative, and the
 lower optimiser is AdamW, not SGD). γ = 1/λ̂_max puts every eigenvalue of I - γH in [0, 1), so the
 series converges for any curvature, at the cost of a few extra Hessian-vector products

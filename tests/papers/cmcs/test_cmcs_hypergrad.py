@@ -141,12 +141,13 @@ def head_problem(seed: int, d: int = 1024, n: int = 32):
     return theta, alpha, lower, lambda t: F.cross_entropy(logits(t, xd), yd)
 
 
-@pytest.mark.parametrize("seed", [0, 4, 6])
+@pytest.mark.parametrize("seed", [0, 2, 7])  # 2 is the slowest to converge of seeds 0-7
 def test_recipe_neumann_matches_exact_implicit_gradient_at_realistic_curvature(seed):
     """The recipe's scaling and K against the exact eq-13 value (pseudo-inverse of the full 3075×3075
     Hessian: the CE Hessian of 32 examples has rank 64; ∇φ∇θL lies in its range). Eq 14 as printed
-    (γ = 1) gives ~1e15 with the wrong sign here. Seeds whose exact value is a near-cancellation
-    (|exact| < 1 % of ‖v‖‖m‖/λ_max, e.g. seed 2) are not used: a relative error means nothing there."""
+    (γ = 1) gives ~1e15 with the wrong sign here; K = 5 is 30-90 % short, K = 40 misses seed 2 by 29 %.
+    Seeds whose exact value is a near-cancellation (|exact| < 5 % of ‖v‖‖m‖/λ_max, e.g. seeds 1 and 6)
+    are not used: a relative error means nothing there."""
     from mmbench.recipes.loader import resolve
 
     cfg = resolve("cmcs/twitter15").model_config
