@@ -8,12 +8,19 @@ products + the mixed term. With one upper step per H plain steps, training costs
     .venv/bin/python benchmarks/cmcs_upper_step.py                         # CPU, tiny encoders, synthetic data
     .venv/bin/python benchmarks/cmcs_upper_step.py --device cuda --full    # bert-large + CLIP ViT-L/14 (weights needed)
     ... --neumann-terms 0 1 5 10 --set model.hypergrad_params=heads --json out.json
+    .venv/bin/python benchmarks/cmcs_upper_step.py --rehearsal [--layers 24 --batch 2 --neumann-terms 2]
+
+--rehearsal (issue 14): a random-weight BERT-large-sized text encoder (24 × 1024, 16 heads) and 1024-d
+CLIP-L-sized frozen vision features, one lower and one upper step in training mode and in eval mode (the
+fused SDPA kernel), printing peak memory, seconds per step, the raw hypergradient, φ_t/φ_v and finiteness.
+On a GPU it is the first command to run; on CPU keep K small (each term is one Hessian-vector product).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -75,6 +82,85 @@ def measure(recipe: str, overrides: list[str], smoke: bool, device: str | None, 
     return result
 
 
+def _frozen_vision_cls():
+    import torch
+    from types import SimpleNamespace
+
+    class Passthrough(torch.nn.Module):
+        def forward(self, pixel_values):
+            return SimpleNamespace(pooler_output=pixel_values)
+
+    class FrozenVision(torch.nn.Module):
+        """A frozen CLIP-L vision tower whose "pixels" are its 1024-d pooled features (no weights needed)."""
+
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(vision_config=SimpleNamespace(hidden_size=1024))
+            self.vision_model = Passthrough()
+
+    return FrozenVision
+
+
+def rehearsal(layers: int, batch: int, seq: int, k: int, device: str | None) -> dict:
+    import resource
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from mmbench.engine.method import RunContext, StepControl
+    from mmbench.engine.optim import build_optimizer, build_scheduler
+    from mmbench.engine.runtime import World
+    from mmbench.papers.cmcs.method import CMCS
+    from mmbench.papers.cmcs.model import CMCSModel
+    from mmbench.recipes.loader import resolve
+
+    FrozenVision = _frozen_vision_cls()
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    resolved = resolve("cmcs/twitter15", ["model.trace=false", f"model.neumann_terms={k}"])
+    cfg, train = resolved.model_config, resolved.recipe.train
+    bert = BertModel(BertConfig(num_hidden_layers=layers, hidden_size=1024, num_attention_heads=16, intermediate_size=4096))
+    vision = FrozenVision()
+    model = CMCSModel(bert, vision, 3, cfg.dropout, None, False, cfg.init_alpha, cfg.init_beta).to(dev)
+    ctx = RunContext(device=dev, autocast_dtype=None, world=World(), seed=0)
+    method = CMCS(resolved.recipe, cfg, data=None, manifest={}, ctx=ctx)
+    method._batch_in_epoch, method._trace_started = 0, True
+
+    def make_batch():
+        ids = torch.randint(1000, 30000, (batch, seq), device=dev)
+        labels = torch.randint(0, 3, (batch,), device=dev)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+                "index": list(range(batch)), "labels": labels, "pixel_values": torch.nn.functional.layer_norm(
+                    torch.randn(batch, 1024, device=dev), (1024,)), "image_targets": torch.nn.functional.one_hot(labels, 3).float()}
+
+    method._dev_batch = lambda step: make_batch()
+    opts = {n: build_optimizer(method.parameters_for(model, n), train.optimizers[n]) for n in method.optimizer_names}
+    scheds = {n: build_scheduler(o, train.optimizers[n].schedule, 1000, 100) for n, o in opts.items()}
+    control = StepControl(model, opts, scheds, train.grad_clip, train.grad_clip_mode, ctx)
+    result = {"device": str(dev), "layers": layers, "batch": batch, "seq": seq, "K": k,
+              "theta_params": sum(p.numel() for p in method.hyper_parameters(model))}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        _sync(dev)
+        start = time.perf_counter()
+        lower = method.train_step(model, make_batch(), control)
+        _sync(dev)
+        mid = time.perf_counter()
+        upper = method.upper_step(model, make_batch(), control)
+        _sync(dev)
+        result[mode] = {"lower_s": mid - start, "upper_s": time.perf_counter() - mid,
+                        "phi_t": lower["text_weight"], "phi_v": lower["image_weight"],
+                        **{key: upper.get(key) for key in ("hypergrad_alpha", "hypergrad_beta", "hypergrad_norm",
+                                                           "hessian_lambda_max", "neumann_gamma")},
+                        "finite": all(torch.isfinite(p).all().item() for p in model.parameters())
+                        and all(math.isfinite(v) for v in upper.values())}
+    if dev.type == "cuda":
+        result["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    else:
+        result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="cmcs/twitter15")
@@ -85,7 +171,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override key=value")
     parser.add_argument("--json", default=None, help="results file (default: benchmarks/results/cmcs_upper_step-<device>.json)")
+    parser.add_argument("--rehearsal", action="store_true", help="BERT-large-sized random text encoder + CLIP-L-sized features")
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=64)
     args = parser.parse_args()
+    if args.rehearsal:
+        print(json.dumps(rehearsal(args.layers, args.batch, args.seq, args.neumann_terms[-1], args.device), indent=2))
+        return
     os.environ.setdefault("MMBENCH_DATA", os.path.join(tempfile.gettempdir(), "mmbench-bench-data"))
     overrides = list(args.overrides)
     if args.full:
