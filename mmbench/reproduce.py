@@ -106,6 +106,10 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
         from mmbench.launchers.slurm import _submitit
 
         _submitit()  # one line naming what to install, before preparing anything
+    elif launcher == "gpus":
+        from mmbench.launchers.gpus import visible_gpus
+
+        gpus = ",".join(visible_gpus(gpus))
     for ds in sorted({r.recipe.dataset for r, _ in jobs}):
         _ensure_prepared(ds, smoke)
     failed = 0
@@ -154,7 +158,7 @@ def _run_launched(pairs, launcher: str, device: str | None, gpus: str | None, sl
     if launcher == "gpus":
         from mmbench.launchers import gpus as gpu_launcher
 
-        results += gpu_launcher.run(jobs, gpu_launcher.visible_gpus(gpus), log)
+        results += gpu_launcher.run(jobs, gpus.split(","), log)
     else:
         from mmbench.launchers import slurm
 

@@ -99,9 +99,12 @@ def run_state(run_dir: Path) -> tuple[str, str]:
     if state == "running" and launch.get("host") == socket.gethostname() and launch.get("pid") and not _pid_alive(launch["pid"]):
         return "failed", f"process {launch['pid']} on {launch['host']} stopped without finishing (see {run_dir / LOG_FILE})"
     if state in ("queued", "running") and launch.get("launcher") == "slurm":
-        from mmbench.launchers.slurm import cluster_state
+        from mmbench.launchers.slurm import cluster_state, job_id
 
+        if not job_id(launch):
+            return "failed", "slurm submission did not complete (no job id)"
         state = cluster_state(launch) or state
+        launch["job_id"] = job_id(launch)
     if state in ("queued", "running"):
         where = f"job {launch['job_id']}" if launch.get("job_id") else f"pid {launch.get('pid')} on {launch.get('host')}"
         return state, f"{launch.get('launcher', '?')} {where}"

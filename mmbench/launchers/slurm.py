@@ -97,11 +97,20 @@ def submit(jobs: list[Job], options: SlurmOptions, log) -> list:
     for job in jobs:
         folder = job.run_dir / "slurm"
         folder.mkdir(parents=True, exist_ok=True)
+        try:  # cluster "slurm" unless the config says local/debug: never fall back to running here silently
+            executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster or "slurm")
+        except RuntimeError as exc:
+            raise MmbenchError(f"--launcher slurm: {exc} (to try the launcher on this machine: a --launcher-config "
+                               "with launcher: {cluster: local})") from None
+        executor.update_parameters(**options.executor_parameters(f"mmbench-{job.recipe.replace('/', '-')}-s{job.seed}"))
+        (folder / "job_id").unlink(missing_ok=True)
         write_launch(job.run_dir, state="queued", launcher="slurm", cluster=options.cluster or "slurm", folder=str(folder),
                      job_id=None, error=None, options=asdict(options))
-        executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
-        executor.update_parameters(**options.executor_parameters(f"mmbench-{job.recipe.replace('/', '-')}-s{job.seed}"))
-        handle = executor.submit(_job_main, job.spec())
+        try:
+            handle = executor.submit(_job_main, job.spec())
+        except Exception as exc:  # sbatch refused it (bad partition, account, ...): the run is not queued
+            write_launch(job.run_dir, state="failed", error=f"submission failed: {exc}")
+            raise MmbenchError(f"--launcher slurm: submitting {job.label} failed: {str(exc).strip().splitlines()[-1]}") from None
         (folder / "job_id").write_text(f"{handle.job_id}\n")
         log(f"submitted {job.label} as job {handle.job_id} (logs: {folder})")
         submitted.append((job, handle))
@@ -123,17 +132,22 @@ def wait(submitted: list, log) -> list[tuple[Job, str, str]]:
     return results
 
 
+def job_id(launch: dict) -> str | None:
+    """The job id: recorded by the worker once it runs, or by `submit` beside the submitit files."""
+    job_file = Path(launch.get("folder") or "/nonexistent") / "job_id"
+    return launch.get("job_id") or (job_file.read_text().strip() if job_file.exists() else None)
+
+
 def cluster_state(launch: dict) -> str | None:
     """The scheduler's view of a queued/running slurm job (sacct through submitit), or None if unknown."""
     if (launch.get("cluster") or "slurm") != "slurm" or not launch.get("folder"):
         return None
-    job_file = Path(launch["folder"]) / "job_id"
-    job_id = launch.get("job_id") or (job_file.read_text().strip() if job_file.exists() else None)
-    if not job_id:
+    job = job_id(launch)
+    if not job:
         return None
     try:
         import submitit
 
-        return _CLUSTER_STATES.get(submitit.SlurmJob(folder=launch["folder"], job_id=job_id).state.split()[0])
+        return _CLUSTER_STATES.get(submitit.SlurmJob(folder=launch["folder"], job_id=job).state.split()[0])
     except Exception:  # no sacct here, or the job is too old: fall back to what launch.json says
         return None

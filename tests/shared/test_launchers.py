@@ -1,0 +1,159 @@
+"""`reproduce --launcher gpus|slurm` and `mmbench status` (issue 19), on CPU: fake GPU ids for the gpus
+launcher (each child sees its own CUDA_VISIBLE_DEVICES), submitit's local and debug executors for
+the slurm launcher, so no GPU and no cluster are needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from mmbench.cli import app
+
+MINI = """
+paper: mini
+title: Mini paper (a smoke row and one that cannot start)
+tolerances: {{accuracy: 1.0}}
+tables:
+  - id: t1
+    title: "Table 1: mini"
+    columns: [{{dataset: twitter15, metric: accuracy, header: "T15 Acc"}}]
+    rows:
+      - {{label: BERT, recipe: "baselines/{{dataset}}-bert", overrides: ["train.epochs=1"], paper: [74.15]}}
+{extra}"""
+BROKEN_ROW = '      - {label: Broken, recipe: "baselines/{dataset}-bert", overrides: ["model.text_encoder=/nonexistent/encoder"], paper: [1.0]}\n'
+
+
+def mmbench(*args: str, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmbench.cli", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def status(env: dict, paper: str = "mini") -> dict:
+    result = mmbench("status", paper, "--dataset", "twitter15", "--smoke", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def mini(mm_env, shared_data_root):
+    def make(extra: str = "") -> dict:
+        folder = mm_env / "recipes"
+        (folder / "mini").mkdir(parents=True, exist_ok=True)
+        (folder / "mini" / "paper.yaml").write_text(MINI.format(extra=extra))
+        return {"MMBENCH_RECIPES": str(folder), "MMBENCH_DATA": str(shared_data_root), "MMBENCH_RUNS": str(mm_env / "runs"),
+                "MMBENCH_THREADS": "1"}
+    return make
+
+
+@pytest.mark.slow
+def test_gpus_launcher_runs_two_children_at_once_and_gives_the_local_table(mm_env, shared_data_root):
+    """The acceptance command: ITM Table 3 on Twitter-15 (4 smoke runs) over fake GPUs 0 and 1."""
+    base = {"MMBENCH_DATA": str(shared_data_root), "MMBENCH_THREADS": "1"}
+    command = ["reproduce", "itm", "--dataset", "twitter15", "--smoke", "--table", "table3", "--device", "cpu"]
+    tables = {}
+    for launcher, extra in (("local", []), ("gpus", ["--launcher", "gpus", "--gpus", "0,1"])):
+        env = {**base, "MMBENCH_RUNS": str(mm_env / launcher)}
+        result = mmbench(*command, *extra, env=env)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        tables[launcher] = mmbench("report", "itm", "--smoke", env=env).stdout
+    assert "Table 3: " in tables["gpus"] and tables["gpus"] == tables["local"]
+
+    launches = [json.loads(p.read_text()) for p in sorted((mm_env / "gpus").glob("*/*/*/*/launch.json"))]
+    assert len(launches) == 4 and {x["state"] for x in launches} == {"done"}
+    assert {x["cuda_visible_devices"] for x in launches} == {"0", "1"}  # each child saw only its own id
+    assert all(x["gpu"] == x["cuda_visible_devices"] for x in launches)
+    spans = sorted((x["started"], x["finished"]) for x in launches)
+    assert any(a[1] > b[0] for a, b in zip(spans, spans[1:])), "no two children ran at the same time"
+    logs = list((mm_env / "gpus").glob("*/*/*/*/launch.log"))
+    assert len(logs) == 4 and all("CUDA_VISIBLE_DEVICES=" in p.read_text() for p in logs)
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_reported_at_the_end_and_the_rest_finish(mini):
+    env = mini(BROKEN_ROW)
+    before = status(env)
+    assert before["counts"]["missing"] == 2
+    command = ["reproduce", "mini", "--dataset", "twitter15", "--smoke", "--device", "cpu", "--launcher", "gpus", "--gpus", "a,b"]
+    result = mmbench(*command, env=env)
+    assert result.returncode == 2
+    assert "FAILED baselines/twitter15-bert seed 0 [model.text_encoder=/nonexistent/encoder]" in result.stdout
+    assert "Table 1: mini" in result.stdout  # the finished run's table is still printed
+    assert "1 of 2 runs failed" in result.stderr
+    after = status(env)
+    assert after["counts"]["done"] == 1 and after["counts"]["failed"] == 1
+    failed = next(r for r in after["runs"] if r["state"] == "failed")
+    assert "nonexistent" in failed["detail"] and "nonexistent" in open(os.path.join(failed["run_dir"], "launch.log")).read()
+
+    again = mmbench(*command, env=env)  # idempotent: the finished run is skipped, the failed one retried
+    assert again.returncode == 2 and again.stdout.count("skip (done)") == 1 and again.stdout.count("start ") == 1
+
+
+@pytest.mark.slow
+def test_slurm_launcher_through_submitit_no_wait_then_status(mini, mm_env):
+    pytest.importorskip("submitit")
+    env = mini()
+    config = mm_env / "launcher.yaml"
+    config.write_text("launcher:\n  cluster: local\n  time: '0:10:00'\n  partition: gpu\n  sbatch: {account: my-lab}\n")
+    result = mmbench("reproduce", "mini", "--dataset", "twitter15", "--smoke", "--device", "cpu", "--launcher", "slurm",
+                     "--launcher-config", str(config), "--no-wait", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "submitted 1 jobs" in result.stdout and "Table 1" not in result.stdout
+    deadline = time.time() + 600
+    while (current := status(env))["counts"]["done"] != 1:
+        assert current["counts"]["failed"] == 0, current
+        assert time.time() < deadline, current
+        time.sleep(2)
+    run_dir = current["runs"][0]["run_dir"]
+    launch = json.load(open(os.path.join(run_dir, "launch.json")))
+    assert launch["launcher"] == "slurm" and launch["job_id"] and launch["options"]["sbatch"] == {"account": "my-lab"}
+    assert any(name.endswith("_log.out") for name in os.listdir(os.path.join(run_dir, "slurm")))
+    table = mmbench("report", "mini", "--smoke", env=env).stdout
+    row = next(line for line in table.splitlines() if line.startswith("| BERT"))
+    assert "(1) / 74.15" in row and "not run" not in row
+
+
+@pytest.mark.slow
+def test_slurm_launcher_waits_and_renders_with_the_debug_executor(mini, mm_env):
+    pytest.importorskip("submitit")
+    env = mini()
+    result = mmbench("reproduce", "mini", "--dataset", "twitter15", "--smoke", "--device", "cpu", "--launcher", "slurm", env=env)
+    # without a cluster setting the real Slurm executor is asked for: none here, and no silent local fallback
+    assert result.returncode == 2 and result.stderr.startswith("error: --launcher slurm: Could not detect")
+    config = mm_env / "debug.yaml"
+    config.write_text("launcher: {cluster: debug}\n")
+    result = mmbench("reproduce", "mini", "--dataset", "twitter15", "--smoke", "--device", "cpu", "--launcher", "slurm",
+                     "--launcher-config", str(config), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| BERT"))
+    assert "Table 1: mini" in result.stdout and "(1) / 74.15" in row and "not run" not in row
+
+
+def test_without_submitit_the_slurm_launcher_says_what_to_install(monkeypatch, mini):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit → ImportError
+    for key, value in mini().items():
+        monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(app, ["reproduce", "mini", "--dataset", "twitter15", "--smoke", "--launcher", "slurm"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --launcher slurm needs submitit, which is not installed: pip install 'mmbench[slurm]' (or pip install submitit)"]
+
+
+def test_status_of_an_untouched_plan_and_bad_options(mini, monkeypatch):
+    env = mini()
+    current = status(env)
+    assert current["counts"] == {"done": 0, "running": 0, "queued": 0, "failed": 0, "partial": 0, "missing": 1}
+    assert current["runs"][0]["run_dir"].startswith(env["MMBENCH_RUNS"])
+    runner = CliRunner()
+    for args, message in ((["--launcher", "tpu"], "--launcher 'tpu': expected local, gpus or slurm"),
+                          (["--launcher", "gpus", "--gpus", "0,,1"], "--gpus '0,,1': expected distinct ids"),
+                          (["--table", "table9"], "unknown table 'table9'")):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        result = runner.invoke(app, ["reproduce", "mini", "--dataset", "twitter15", "--smoke", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
