@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 # PyPI's torchvision 0.29 does not import beside the CPU-only torch 2.13 (see README "Install").
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast test-portable tables validate clean real-check rehearse
+.PHONY: install demo test test-fast test-portable tables validate clean real-check rehearse check-wheel
 
-$(BIN)/mmbench: pyproject.toml
+$(BIN)/mmbench: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_PINS) || $(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q -e ".[test]"
@@ -57,6 +57,10 @@ rehearse: install
 		MMBENCH_THREADS=$${MMBENCH_THREADS:-2} $(BIN)/mmbench rehearse $$recipe --device cpu --steps 1 --batch 2 \
 			--out build/rehearse/$$(echo $$recipe | tr / -).json || exit 1; \
 	done
+
+# The wheel as a user installs it, used from an empty directory (also the slow test in tests/shared/test_packaging.py).
+check-wheel: install
+	bash scripts/check_wheel.sh
 
 clean:
 	rm -rf build .pytest_cache

@@ -14,6 +14,7 @@ from collections import deque
 
 from mmbench.errors import MmbenchError
 from mmbench.launchers import LOG_FILE, Job, read_launch, write_launch
+from mmbench.launchers.worker import HELD_EXIT
 
 
 def visible_gpus(option: str | None) -> list[str]:
@@ -61,6 +62,9 @@ def run(jobs: list[Job], gpus: list[str], log, poll_s: float = 0.2) -> list[tupl
                 if proc.returncode == 0:
                     results[id(job)] = (job, "done", "")
                     log(f"done  {job.label}")
+                elif proc.returncode == HELD_EXIT:
+                    results[id(job)] = (job, "running", "another launcher's worker is training it")
+                    log(f"held  {job.label}: another launcher's worker is training it")
                 else:
                     error = read_launch(job.run_dir).get("error") or f"exit code {proc.returncode}"
                     if read_launch(job.run_dir).get("state") != "failed":  # died before the worker could say so

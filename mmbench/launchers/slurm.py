@@ -121,7 +121,10 @@ def wait(submitted: list, log) -> list[tuple[Job, str, str]]:
     results = []
     for job, handle in submitted:
         try:
-            handle.result()
+            if handle.result().get("held"):
+                results.append((job, "running", "another launcher's worker is training it"))
+                log(f"held  {job.label}: another launcher's worker is training it")
+                continue
             results.append((job, "done", ""))
             log(f"done  {job.label}")
         except Exception as exc:  # submitit wraps the job's exception; its last line names the cause

@@ -4,6 +4,7 @@ Records the run's state in its launch.json; exits 1 (raises, under submitit) whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -13,12 +14,43 @@ import traceback
 from pathlib import Path
 
 
+HELD_EXIT = 3  # the run dir is being trained by another launcher's worker
+
+
+@contextlib.contextmanager
+def _launch_lock(run_dir: Path):
+    """An exclusive POSIX lock on <run dir>/launch.lock while a worker trains there (released when the
+    process dies; fcntl locks also hold across NFS clients), so two launchers started on the same plan
+    at the same moment cannot both train one run. Yields False when another worker holds it."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "launch.lock", "a+") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
 def run_job(spec: dict, launcher: str = "gpus", job_id: str | None = None) -> dict:
     os.environ.update(spec.get("env") or {})  # the submitting process's folders and recipe search path
+    run_dir = Path(spec["run_dir"])
+    with _launch_lock(run_dir) as mine:
+        if not mine:
+            print(f"{run_dir}: another launcher's worker is training this run; leaving it to that one", flush=True)
+            return {"state": "running", "run_dir": str(run_dir), "held": True}
+        return _run_locked(spec, run_dir, launcher, job_id)
+
+
+def _run_locked(spec: dict, run_dir: Path, launcher: str, job_id: str | None) -> dict:
     from mmbench.launchers import read_launch, write_launch
     from mmbench.results import store
 
-    run_dir = Path(spec["run_dir"])
     if (run_dir / store.METRICS_FILE).exists():
         return {"state": "done", "run_dir": str(run_dir), "skipped": True}
     job_id = job_id or os.environ.get("SLURM_JOB_ID") or read_launch(run_dir).get("job_id")
@@ -46,10 +78,10 @@ def run_job(spec: dict, launcher: str = "gpus", job_id: str | None = None) -> di
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     try:
-        run_job(spec, launcher="gpus")
+        result = run_job(spec, launcher="gpus")
     except Exception:  # already recorded in launch.json and printed to the run's launch.log
         return 1
-    return 0
+    return HELD_EXIT if result.get("held") else 0
 
 
 if __name__ == "__main__":

@@ -157,3 +157,24 @@ def test_status_of_an_untouched_plan_and_bad_options(mini, monkeypatch):
             monkeypatch.setenv(key, value)
         result = runner.invoke(app, ["reproduce", "mini", "--dataset", "twitter15", "--smoke", *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_worker_leaves_a_run_that_another_worker_holds(mini, monkeypatch, tmp_path):
+    """Two launchers started on one plan at the same moment: the second worker must not train."""
+    import fcntl
+
+    from mmbench.launchers import make_jobs
+    from mmbench.launchers.worker import HELD_EXIT
+    from mmbench.recipes.loader import resolve
+
+    for key, value in mini().items():
+        monkeypatch.setenv(key, value)
+    job = make_jobs([(resolve("baselines/twitter15-bert", ["train.epochs=1"], smoke=True), 0)], "cpu")[0]
+    job.run_dir.mkdir(parents=True)
+    with open(job.run_dir / "launch.lock", "a+") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by this process; the child must see it taken
+        child = subprocess.run([sys.executable, "-m", "mmbench.launchers.worker", json.dumps(job.spec())],
+                               capture_output=True, text=True, timeout=300)
+    assert child.returncode == HELD_EXIT, child.stdout + child.stderr
+    assert "another launcher's worker is training this run" in child.stdout
+    assert sorted(p.name for p in job.run_dir.iterdir()) == ["launch.lock"]  # nothing trained, nothing written
