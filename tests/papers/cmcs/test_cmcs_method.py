@@ -206,7 +206,7 @@ def test_real_twitter2015_rows_through_cmcs_setup(mm_env, tmp_path):
     assert batch["image_targets"].shape == (4, 3) and batch["pixel_values"].shape == (4, 3, 32, 32)
 
 
-@pytest.mark.parametrize("fusion", ["clip", "bert"])
+@pytest.mark.parametrize("fusion", ["clip_image", "clip", "bert"])
 def test_predict_fuses_text_and_image_scores_by_prompt_similarity(mm_env, fusion):
     """Eq 15 inside predict: θ = cos(E^t, E^p) of the chosen encoder, y^h = (1-θ)·softmax + θ·sigmoid."""
     import torch.nn.functional as F
@@ -217,7 +217,10 @@ def test_predict_fuses_text_and_image_scores_by_prompt_similarity(mm_env, fusion
     with torch.no_grad():
         preds = method.predict(model, batch)
         out = model(batch)
-        if fusion == "clip":
+        if fusion == "clip_image":  # the default: cos(CLIP image, CLIP text(prompt))
+            text = model.clip.visual_projection(model.clip.vision_model(pixel_values=batch["pixel_values"]).pooler_output)
+            prompt = model.clip_text_embedding(batch["clip_prompt_ids"], batch["clip_prompt_ids_mask"])
+        elif fusion == "clip":
             text = model.clip_text_embedding(batch["clip_sentence_ids"], batch["clip_sentence_ids_mask"])
             prompt = model.clip_text_embedding(batch["clip_prompt_ids"], batch["clip_prompt_ids_mask"])
         else:
@@ -226,7 +229,7 @@ def test_predict_fuses_text_and_image_scores_by_prompt_similarity(mm_env, fusion
     theta = F.cosine_similarity(text, prompt, dim=-1).clamp(0, 1)
     fused = (1 - theta[:, None]) * out["text_logits"].softmax(-1) + theta[:, None] * out["image_logits"].sigmoid()
     assert [p["pred"] for p in preds] == fused.argmax(-1).tolist()
-    assert torch.allclose(torch.tensor([p["theta"] for p in preds]), theta, atol=1e-6)
+    assert torch.allclose(torch.tensor([p["theta"] for p in preds], dtype=theta.dtype), theta, atol=1e-6)
     prompt_text = method.tokenizer.decode(batch["bert_prompt_ids" if fusion == "bert" else "clip_prompt_ids"][0],
                                           skip_special_tokens=True)
     assert prompt_text.startswith("it ' s a picture of with a target of")
