@@ -1,33 +1,39 @@
 """Full-state checkpoints: model (frozen parts included), optimisers, schedulers, RNG states and
-the loop's own state, so `--resume` continues exactly where `last` left off. Written atomically."""
+the loop's own state, so `--resume` continues exactly where `last` left off.
+
+Integrity (README "What a run dir promises"): every file is written atomically (results.store), and
+a new best is never copied out of `last.pt` after the fact. It is written first, as
+`best-pending-e<epoch>.pt`; then `last.pt` is written, recording `best_epoch`; only then is the pending
+file renamed to `best.pt`. `last.pt` is the commit point: `recover` (run before any resume or
+evaluation) promotes a pending file that `last.pt` names and deletes one it does not, so `best.pt`
+always holds the epoch `last.pt` (and so metrics.json) calls selected, whatever instant the process
+died at. Loading is `torch.load(weights_only=True)`: tensors and plain Python values only, so a crafted
+checkpoint cannot run code."""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import tempfile
+import pickle
+import re
 from pathlib import Path
 
 import torch
 
 from mmbench.engine.runtime import rng_state, set_rng_state
+from mmbench.errors import MmbenchError
+from mmbench.results.store import atomic_write_with, fsync_dir
+
+PENDING = re.compile(r"best-pending-e(\d+)\.pt")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _write_atomically(target: Path, write) -> None:
-    """Call write(tmp_path) on a temp file beside target, then rename it over target."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def plain(value):
+    """numpy scalars and other float/int subclasses → Python numbers (weights_only loads refuse them)."""
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
 def save_checkpoint(path: Path, model, optimizers: dict, schedulers: dict, loop_state: dict) -> None:
@@ -37,23 +43,63 @@ def save_checkpoint(path: Path, model, optimizers: dict, schedulers: dict, loop_
         "schedulers": {name: sched.state_dict() for name, sched in schedulers.items()},
         "scaler": None,  # bf16 autocast needs no loss scaling; kept for the schema
         "rng": rng_state(),
-        "loop": loop_state,
+        "loop": plain(loop_state),
     }
-    _write_atomically(path, lambda tmp: torch.save(state, tmp))
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
 
 
-def copy_checkpoint(source: Path, target: Path) -> None:
-    _write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
+def pending_best(ckpt_dir: Path, epoch: int) -> Path:
+    return ckpt_dir / f"best-pending-e{epoch}.pt"
+
+
+def promote_best(ckpt_dir: Path, epoch: int) -> None:
+    """The step after `last.pt` recorded `best_epoch = epoch`: the pending file becomes best.pt."""
+    os.replace(pending_best(ckpt_dir, epoch), ckpt_dir / "best.pt")
+    fsync_dir(ckpt_dir)
+
+
+def recover(ckpt_dir: Path) -> None:
+    """Finish or undo the best-checkpoint step a killed process left half done (see the module doc)."""
+    pending = {int(m.group(1)): p for p in ckpt_dir.glob("best-pending-e*.pt") if (m := PENDING.fullmatch(p.name))}
+    if not pending:
+        return
+    best_epoch = read_state(ckpt_dir / "last.pt")["loop"].get("best_epoch") if (ckpt_dir / "last.pt").exists() else None
+    for epoch, path in pending.items():
+        if epoch == best_epoch:
+            promote_best(ckpt_dir, epoch)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def read_state(path: Path, map_location="cpu") -> dict:
+    """A checkpoint's state dict, loaded with weights_only=True; anything else is one line naming the file."""
+    if not path.is_file():
+        raise MmbenchError(f"{path}: checkpoint not found" if not path.exists() else f"{path}: not a checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MmbenchError(f"{path}: refusing to load: not a plain-tensor checkpoint ({first})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError, IndexError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MmbenchError(f"{path}: unreadable checkpoint, truncated or not written by mmbench ({first})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(state.get("loop", {}), dict):
+        raise MmbenchError(f"{path}: not an mmbench checkpoint (no model state)")
+    return state
 
 
 def load_checkpoint(path: Path, model, optimizers: dict | None = None, schedulers: dict | None = None,
                     restore_rng: bool = False, map_location="cpu") -> dict:
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    unwrap(model).load_state_dict(state["model"])
-    for name, opt in (optimizers or {}).items():
-        opt.load_state_dict(state["optimizers"][name])
-    for name, sched in (schedulers or {}).items():
-        sched.load_state_dict(state["schedulers"][name])
+    state = read_state(Path(path), map_location)
+    try:
+        unwrap(model).load_state_dict(state["model"])
+        for name, opt in (optimizers or {}).items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in (schedulers or {}).items():
+            sched.load_state_dict(state["schedulers"][name])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MmbenchError(f"{path}: does not fit this run's model or optimisers ({first})") from None
     if restore_rng:
         set_rng_state(state["rng"])
-    return state["loop"]
+    return state.get("loop", {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,29 +26,50 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain Python values, so checkpoints load with weights_only=True."""
+    version, internal, gauss = random.getstate()
+    key, words, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {"python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+             "numpy": [key, torch.from_numpy(words.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
+    key, words, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((key, words.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_device(preference: str | None) -> None:
+    """--device must name a device this machine has: auto, cpu, cuda or cuda:N (N < the GPU count)."""
+    from mmbench.errors import MmbenchError
+
+    if preference in (None, "auto", "cpu"):
+        return
+    match = re.fullmatch(r"cuda(?::(\d+))?", preference)
+    if match is None:
+        raise MmbenchError(f"--device {preference!r}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise MmbenchError(f"--device {preference}: CUDA is not available on this machine")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise MmbenchError(f"--device {preference}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0..)")
+
+
 def pick_device(preference: str | None, local_rank: int = 0) -> torch.device:
+    check_device(preference)
     if preference in (None, "auto"):
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference == "cuda":
-        if not torch.cuda.is_available():
-            from mmbench.errors import MmbenchError
-
-            raise MmbenchError("--device cuda asked for, but CUDA is not available on this machine")
         return torch.device("cuda", local_rank)
+    if preference.startswith("cuda:"):
+        return torch.device(preference)
     return torch.device("cpu")
 
 

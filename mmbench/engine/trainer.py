@@ -11,11 +11,11 @@ from typing import Callable
 
 import torch
 
-from mmbench.engine.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
+from mmbench.engine.checkpoint import load_checkpoint, pending_best, promote_best, recover, save_checkpoint
 from mmbench.engine.method import Method, RunContext, StepControl
 from mmbench.engine.optim import build_optimizer, build_scheduler
 from mmbench.engine.precision import FLOAT64, effective_precision, float64_compute, to_float64
-from mmbench.engine.runtime import World, barrier, gather_objects, init_world, pick_device, pick_precision, seed_everything
+from mmbench.engine.runtime import World, barrier, check_device, gather_objects, init_world, pick_device, pick_precision, seed_everything
 from mmbench.errors import MmbenchError
 from mmbench.results import store
 
@@ -119,8 +119,39 @@ def fit(resolved, seed: int, root: Path | None = None, resume: bool = False, dev
 
 
 def _fit(resolved, seed: int, root: Path | None, resume: bool, device: str | None, log: Callable[[str], None]) -> dict:
-    started = time.time()
     out = store.run_dir(resolved, seed, root)
+    check_device(device)
+    if not init_world(device).is_main:  # rank 0 holds the lock and owns the run dir's files
+        return _fit_locked(resolved, seed, out, resume, device, log)
+    with store.run_lock(out):
+        _start_clean_or_resume(out, resume, log)
+        return _fit_locked(resolved, seed, out, resume, device, log)
+
+
+RUN_OUTPUTS = ("metrics.json", "log.jsonl", "predictions-*.jsonl", "eval-*.json", "checkpoints/*.pt")
+
+
+def _start_clean_or_resume(out: Path, resume: bool, log: Callable[[str], None]) -> None:
+    """Under the run's lock, before anything is trained: a metrics.json never outlives the process that
+    wrote it (this one may die, and a finished-looking run would then have numbers no checkpoint backs);
+    leftover temp files go; without --resume an earlier run's files go, and the log says so."""
+    for path in store.remove_leftovers(out):
+        log(f"removed leftover {path.name} (an interrupted write)")
+    if resume:
+        recover((out / "checkpoints"))
+        (out / store.METRICS_FILE).unlink(missing_ok=True)
+        return
+    old = sorted(p for pattern in RUN_OUTPUTS for p in out.glob(pattern))
+    if old:
+        finished = (out / store.METRICS_FILE).exists()
+        for path in old:
+            path.unlink()
+        log(f"starting clean in {out}: removed the {'finished' if finished else 'unfinished'} earlier run's "
+            f"{', '.join(sorted({p.name for p in old}))} (pass --resume to continue a run instead)")
+
+
+def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None, log: Callable[[str], None]) -> dict:
+    started = time.time()
     session = build_session(resolved, seed, device, run_dir=out)
     method, model, ctx = session.method, session.model, session.ctx
     train = resolved.recipe.train
@@ -137,11 +168,12 @@ def _fit(resolved, seed: int, root: Path | None, resume: bool, device: str | Non
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
 
-    loop = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0}
+    loop = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False, "history": []}
     if resume and (ckpt_dir / "last.pt").exists():
-        loop = load_checkpoint(ckpt_dir / "last.pt", model, optimizers, schedulers, restore_rng=True, map_location=ctx.device)
+        loop = {**loop, **load_checkpoint(ckpt_dir / "last.pt", model, optimizers, schedulers, restore_rng=True, map_location=ctx.device)}
         log(f"resumed {out} at epoch {loop['epoch']}")
-    history = [row for row in store.read_jsonl(out / "log.jsonl") if row["epoch"] < loop["epoch"]]
+    # the log is rebuilt from last.pt, which carries it: a row no checkpoint backs never survives
+    history = loop.pop("history")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         store.atomic_write_text(out / "recipe.yaml", _yaml(resolved))
@@ -149,7 +181,7 @@ def _fit(resolved, seed: int, root: Path | None, resume: bool, device: str | Non
 
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     control = StepControl(wrapped, optimizers, schedulers, train.grad_clip, train.grad_clip_mode, ctx)
-    for epoch in range(loop["epoch"], train.epochs):
+    for epoch in range(loop["epoch"], train.epochs if not loop["stopped"] else loop["epoch"]):
         epoch_start = time.time()
         method.on_epoch_start(epoch)
         wrapped.train()
@@ -181,21 +213,29 @@ def _fit(resolved, seed: int, root: Path | None, resume: bool, device: str | Non
                "seconds": round(time.time() - epoch_start, 3)}
         history.append(row)
         loop["epoch"] = epoch + 1
-        if is_main:
-            save_checkpoint(ckpt_dir / "last.pt", model, optimizers, schedulers, loop)
+        stop = train.patience is not None and loop["bad_epochs"] >= train.patience
+        loop["stopped"] = stop
+        if is_main:  # order matters: see engine.checkpoint (last.pt is the commit point)
+            state = {**loop, "history": history}
             if improved:
-                copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+                save_checkpoint(pending_best(ckpt_dir, epoch), model, optimizers, schedulers, state)
+            save_checkpoint(ckpt_dir / "last.pt", model, optimizers, schedulers, state)
+            if improved:
+                promote_best(ckpt_dir, epoch)
             store.write_jsonl(out / "log.jsonl", history)
         barrier(ctx.world)
         losses = " ".join(f"{k}={v:.4f}" for k, v in row["train"].items())
         log(f"[{resolved.name} seed {seed}] epoch {epoch + 1}/{train.epochs} {losses} "
             f"{train.select_split}.{train.select_metric}={value:.2f}{' *' if improved else ''}")
-        if train.patience is not None and loop["bad_epochs"] >= train.patience:
+        if stop:
             log(f"early stop: no {train.select_split} improvement for {train.patience} epochs")
             break
     train_seconds = time.time() - started
 
-    load_checkpoint(ckpt_dir / "best.pt", model, map_location=ctx.device)
+    selected = load_checkpoint(ckpt_dir / "best.pt", model, map_location=ctx.device)
+    if selected.get("best_epoch") != loop["best_epoch"]:
+        raise MmbenchError(f"{ckpt_dir / 'best.pt'}: holds epoch {selected.get('best_epoch')} but the run selected epoch "
+                           f"{loop['best_epoch']}; refusing to report it (re-run without --resume)")
     eval_start = time.time()
     metrics, counts = {}, {}
     for split in ("dev", "test"):
@@ -239,27 +279,45 @@ def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", devic
     """Re-evaluate a finished (or interrupted) run from its checkpoint; works under torchrun too."""
     from mmbench.recipes.loader import ResolvedRecipe, resolve
 
-    saved = store.load_metrics(run) or {}
+    if split not in ("dev", "test"):
+        raise MmbenchError(f"--split {split!r}: expected dev or test")
+    check_device(device)
     recipe_file = run / "recipe.yaml"
-    if not recipe_file.exists():
+    if not run.is_dir() or not recipe_file.is_file():
         raise MmbenchError(f"{run}: not a run directory (recipe.yaml missing)")
+    path = checkpoint_path(run, checkpoint)
+    saved = store.load_metrics(run) or {}
     resolved: ResolvedRecipe = resolve(str(recipe_file))
     resolved.smoke = bool(saved.get("smoke"))
     seed = int(saved.get("seed", run.name.split("-")[0].removeprefix("seed") or 0))
     with float64_compute(_is_float64(resolved)):
-        return _evaluate_checkpoint(run, resolved, seed, split, checkpoint, device)
+        return _evaluate_checkpoint(run, resolved, seed, split, path, device)
 
 
-def _evaluate_checkpoint(run: Path, resolved, seed: int, split: str, checkpoint: str, device: str | None) -> dict:
+def checkpoint_path(run: Path, checkpoint: str) -> Path:
+    """--checkpoint: best, last, or a .pt file inside the run dir (never a path outside it)."""
+    if checkpoint in ("best", "last"):
+        path = (run / "checkpoints" / f"{checkpoint}.pt").resolve()
+        if checkpoint == "best" and not path.exists():
+            recover(run / "checkpoints")  # a run killed between last.pt and best.pt's rename
+    else:
+        candidate = Path(checkpoint)
+        path = (candidate if candidate.is_absolute() else run / candidate).resolve()
+        if not path.is_relative_to(run.resolve()):
+            raise MmbenchError(f"--checkpoint {checkpoint}: expected best, last or a file inside {run}")
+    if not path.is_file():
+        raise MmbenchError(f"{path}: checkpoint not found" if not path.exists() else f"{path}: not a checkpoint file")
+    return path
+
+
+def _evaluate_checkpoint(run: Path, resolved, seed: int, split: str, path: Path, device: str | None) -> dict:
     session = build_session(resolved, seed, device, run_dir=run)
-    path = run / "checkpoints" / f"{checkpoint}.pt"
-    if not path.exists():
-        raise MmbenchError(f"{path}: checkpoint not found")
     load_checkpoint(path, session.model, map_location=session.ctx.device)
     metrics, predictions = evaluate(session, session.model, split)
     if session.ctx.world.is_main:
-        store.write_jsonl(run / f"predictions-{split}-{checkpoint}.jsonl", predictions)
-        store.atomic_write_json(run / f"eval-{split}-{checkpoint}.json", {"split": split, "checkpoint": checkpoint, "metrics": metrics})
+        store.write_jsonl(run / f"predictions-{split}-{path.stem}.jsonl", predictions)
+        store.atomic_write_json(run / f"eval-{split}-{path.stem}.json",
+                                {"split": split, "checkpoint": str(path.relative_to(run.resolve())), "metrics": metrics})
     return metrics
 
 

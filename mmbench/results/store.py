@@ -1,4 +1,4 @@
-"""Run directories and their files, all written atomically (temp file + rename).
+"""Run directories and their files, all written atomically (temp file, fsync, rename, fsync of the folder).
 
 runs/<paper>/<dataset>/<recipe>/seed<k>-<confighash>/
   recipe.yaml        the fully resolved recipe (overrides applied)
@@ -6,43 +6,98 @@ runs/<paper>/<dataset>/<recipe>/seed<k>-<confighash>/
   log.jsonl          one line per epoch
   predictions-<split>.jsonl
   checkpoints/{last,best}.pt
+  train.lock         held (flock) by the process training in the dir; names its pid and host
+
+Every write goes through `atomic_write_bytes`, which calls `FAULT_HOOK(path, phase)` at each point a
+process can die (`tmp-written`: the temp file is complete but not yet renamed; `renamed`: the target is
+in place); tests set the hook to prove that a run killed at any of them resumes to the same result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mmbench import __version__
+from mmbench.errors import MmbenchError
 from mmbench.paths import REPO_ROOT, runs_root
 
 SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
+LOCK_FILE = "train.lock"
+TMP_SUFFIX = ".tmp"
+
+# Test hook: called as FAULT_HOOK(path, phase) at every point of an atomic write.
+FAULT_HOOK: Callable[[Path, str], None] | None = None
 
 
-def run_dir(resolved, seed: int, root: Path | None = None) -> Path:
-    recipe_leaf = resolved.name.split("/")[-1] + ("-smoke" if resolved.smoke else "")
-    base = (root or runs_root()) / resolved.recipe.paper / resolved.recipe.dataset / recipe_leaf
-    return base / f"seed{seed}-{resolved.config_hash}"
+class SimulatedKill(BaseException):
+    """Raised by a fault hook to stand for kill -9 at that instant: no cleanup handler of the
+    atomic writer runs (a killed process leaves its temp file behind, so the test does too)."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _file_mode() -> int:
+    """0666 minus the umask: mkstemp makes 0600 files, but run files are the user's ordinary files."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fault(path: Path, phase: str) -> None:
+    if FAULT_HOOK is not None:
+        FAULT_HOOK(path, phase)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a power cut after it cannot bring the old file back)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_with(path: Path, write: Callable[[str], None]) -> None:
+    """write(tmp_path) fills a temp file beside `path`; it is fsynced and renamed over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode())
+        _fault(path, "tmp-written")
         os.replace(tmp, path)
+    except SimulatedKill:
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+    _fault(path, "renamed")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -56,7 +111,67 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise MmbenchError(f"{path}:{number}: not a JSON line ({exc})") from None
+    return rows
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MmbenchError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise MmbenchError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Temp files a killed writer left in a run dir (ours are named `.<target>.<random>.tmp`)."""
+    found = []
+    for sub in (folder, folder / "checkpoints"):
+        if sub.is_dir():
+            for path in sub.glob(f".*{TMP_SUFFIX}"):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+                    found.append(path)
+    return found
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Hold <run dir>/train.lock (flock: released by the kernel when the process dies, however it
+    dies) while training; a second process gets one line naming the holder."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise MmbenchError(f"{folder}: run dir is in use by {holder} (lock {path}); wait for it or stop that process") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        os.chmod(path, _file_mode())
+        yield
+    finally:
+        handle.close()  # releases the flock
+
+
+def run_dir(resolved, seed: int, root: Path | None = None) -> Path:
+    recipe_leaf = resolved.name.split("/")[-1] + ("-smoke" if resolved.smoke else "")
+    base = (root or runs_root()) / resolved.recipe.paper / resolved.recipe.dataset / recipe_leaf
+    return base / f"seed{seed}-{resolved.config_hash}"
 
 
 def git_state() -> dict[str, Any]:
@@ -97,18 +212,31 @@ def environment(device, precision: str, world_size: int) -> dict[str, Any]:
 
 
 def load_metrics(path: Path) -> dict | None:
+    """A run's metrics.json (None when the run has not finished); a corrupt one is one line naming it."""
     file = path / METRICS_FILE if path.is_dir() else path
     if not file.exists():
         return None
-    return json.loads(file.read_text())
+    try:
+        data = json.loads(_read_text(file))
+    except ValueError as exc:
+        raise MmbenchError(f"{file}: corrupt metrics file ({exc}); delete it and re-run with --resume") from None
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        raise MmbenchError(f"{file}:metrics: not a run's metrics file (no metrics mapping); delete it and re-run with --resume")
+    return data
 
 
-def find_runs(root: Path | None = None) -> list[dict]:
-    """Every finished run (metrics.json) below the runs root, with its directory."""
+def find_runs(root: Path | None = None, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """Every finished run (metrics.json) below the runs root, with its directory. A corrupt
+    metrics.json is skipped with a one-line warning (on stderr), so one bad run never breaks a report."""
     root = root or runs_root()
+    warn = warn or (lambda message: print(message, file=sys.stderr))
     found = []
     for file in sorted(root.glob(f"*/*/*/*/{METRICS_FILE}")):
-        data = json.loads(file.read_text())
+        try:
+            data = load_metrics(file)
+        except MmbenchError as exc:
+            warn(f"warning: skipped {exc}")
+            continue
         data["run_dir"] = str(file.parent)
         found.append(data)
     return found
