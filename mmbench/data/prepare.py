@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -68,6 +69,7 @@ def prepare(
 
     _quiet_datasets()
     spec = get_dataset(name)
+    images_given = images
     out = out or prepared_dir(name, synthetic)
     if synthetic:
         raw = raw or data_root() / "raw" / f"{name}-synthetic"
@@ -77,7 +79,10 @@ def prepare(
     raw = raw or data_root() / "raw" / name
     if not raw.is_dir():
         raise DataError(f"{raw}: raw data for {name} not found; get it from {spec.source} and pass --raw DIR")
+    if images_given is not None and not images.is_dir():
+        raise DataError(f"{images}: --images folder not found" if not images.exists() else f"{images}: --images is not a folder")
     images = images or data_root() / "images" / name
+    check_out(out, raw, images)
 
     splits, files = {}, {}
     for split in spec.splits:
@@ -108,10 +113,9 @@ def prepare(
         "count_check": "synthetic (not checked)" if synthetic else ("ok" if not problems else "mismatch allowed: " + "; ".join(problems)),
         "missing_images": missing,
     }
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        tmp.mkdir(parents=True)
         DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()}).save_to_disk(str(tmp / "dataset"))
         if spec.prepare_extra is not None:
             manifest["extra"] = spec.prepare_extra(raw=raw, out=tmp, images=images, splits=splits, synthetic=synthetic,
@@ -133,13 +137,45 @@ def _count_missing_images(images: Path, splits: dict[str, list[dict]]) -> dict[s
     return missing
 
 
+def is_own_output(folder: Path) -> bool:
+    """A folder prepare may replace: one holding a manifest prepare wrote (or an empty one)."""
+    if not folder.is_dir():
+        return False
+    if not any(folder.iterdir()):
+        return True
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"dataset", "mmbench_version", "counts"} <= set(manifest)
+
+
+def check_out(out: Path, raw: Path, images: Path | None) -> None:
+    """Never destroy a user's files: --out must be new, empty, or an earlier prepare's output, and must
+    not be (or contain, or sit inside) the raw or images folder."""
+    target = out.resolve()
+    for option, source in (("--raw", raw), ("--images", images)):
+        if source is None or not source.exists():
+            continue
+        source = source.resolve()
+        if target == source or target.is_relative_to(source) or source.is_relative_to(target):
+            raise DataError(f"{out}: --out overlaps {option} {source}; prepare writes its output elsewhere")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: --out exists and is not a folder; prepare writes only into a folder it created")
+    if out.exists() and not is_own_output(out):
+        raise DataError(f"{out}: --out holds files prepare did not write (no {MANIFEST} of an earlier prepare); "
+                        "give a new or empty folder")
+
+
 def _swap_in(tmp: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    old = None
     if out.exists():
-        out.rename(old)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "previous")
     tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_prepared(name: str, synthetic: bool = False, root: Path | None = None, auto_synthetic: bool = True):
@@ -154,5 +190,9 @@ def load_prepared(name: str, synthetic: bool = False, root: Path | None = None, 
         else:
             raise DataError(f"{path}: {name} is not prepared; run `mmbench prepare {name} --raw DIR` first "
                             f"(raw files: {get_dataset(name).source})")
-    manifest = json.loads((path / MANIFEST).read_text())
-    return load_from_disk(str(path / "dataset")), manifest
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        return load_from_disk(str(path / "dataset")), manifest
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: prepared data is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                        f"re-run `mmbench prepare {name}`") from None

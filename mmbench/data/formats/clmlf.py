@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mmbench.data.catalog import DatasetSpec
+from mmbench.data.formats import read_text
 from mmbench.errors import DataError, located
 
 MVSA_LABELS = ("positive", "neutral", "negative")
@@ -43,18 +44,19 @@ def _check_label(path: Path, where, value, n_labels: int) -> int:
 
 def read_json(path: Path, n_labels: int) -> list[dict]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "CLMLF JSON file"))
     except json.JSONDecodeError as exc:
         raise DataError(located(path, exc.lineno, f"invalid JSON: {exc.msg}")) from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of {{id, text, emotion_label}}")
+    if not isinstance(data, list) or not data:
+        raise DataError(f"{path}: expected a non-empty JSON list of {{id, text, emotion_label}}")
     rows, seen = [], set()
     for i, item in enumerate(data):
         where = f"[{i}]"
         if not isinstance(item, dict) or not {"id", "text", "emotion_label"} <= set(item):
             raise DataError(located(path, where, "expected an object with keys id, text, emotion_label"))
         sample_id, text = item["id"], item["text"]
-        if not isinstance(sample_id, str) or not sample_id or "/" in sample_id or sample_id.startswith("."):
+        if not isinstance(sample_id, str) or not sample_id or "/" in sample_id or "\\" in sample_id or sample_id.startswith(".") \
+                or not sample_id.isprintable():
             raise DataError(located(path, f"{where}.id", f"id must be a non-empty file-name string, found {sample_id!r}"))
         if not isinstance(text, str):
             raise DataError(located(path, f"{where}.text", "text must be a string"))
@@ -68,9 +70,8 @@ def read_json(path: Path, n_labels: int) -> list[dict]:
 
 def read_hfm_raw(path: Path, drop_keywords: bool) -> list[dict]:
     """headacheboy's txt: literal lists parsed with ast.literal_eval (never eval)."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = handle.read().split("\n")
-    rows = []
+    lines = read_text(path, "HFM text file").split("\n")
+    rows, seen = [], {}
     for number, line in enumerate(lines, start=1):
         line = line.rstrip("\r")
         if not line.strip():
@@ -82,9 +83,16 @@ def read_hfm_raw(path: Path, drop_keywords: bool) -> list[dict]:
         if not isinstance(item, list) or len(item) < 3 or not isinstance(item[0], str) or not isinstance(item[1], str):
             raise DataError(located(path, number, "expected ['id', 'text', label, ...]"))
         label = _check_label(path, number, item[-1], 2)  # the LAST element is the label
+        if not item[0] or "/" in item[0] or "\\" in item[0] or item[0].startswith(".") or not item[0].isprintable():
+            raise DataError(located(path, number, f"id must be a file-name string, found {item[0]!r}"))
+        if item[0] in seen:
+            raise DataError(located(path, number, f"duplicate id {item[0]!r} (first on line {seen[item[0]]})"))
+        seen[item[0]] = number
         if drop_keywords and HFM_KEYWORDS & set(item[1].split()):
             continue
         rows.append({"id": item[0], "text": item[1], "label": label, "image_id": f"{item[0]}.jpg"})
+    if not rows:
+        raise DataError(f"{path}: no examples")
     return rows
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mmbench.data.catalog import DatasetSpec
+from mmbench.data.formats import read_text
 from mmbench.errors import DataError, located
 
 CAPTIONS_PER_IMAGE = 5
@@ -36,10 +37,7 @@ FEATURES_HELP = ("SCAN's precomputed bottom-up features (float32 [N, 36, 2048]; 
 
 def read_captions(path: Path) -> list[str]:
     """SCAN reads `line.strip()` for every line; a trailing newline (or none) ends the file."""
-    if not path.exists():
-        raise DataError(f"{path}: captions file not found (SCAN's {{split}}_caps.txt)")
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = handle.read().split("\n")
+    lines = read_text(path, "captions file (SCAN's {split}_caps.txt)").split("\n")
     if lines and lines[-1].strip() == "":
         lines.pop()  # the final newline, when the file has one
     captions = []
@@ -77,13 +75,27 @@ def fingerprint(path: Path) -> str:
 def load_features(path: Path) -> np.ndarray:
     if not path.exists():
         raise DataError(f"{path}: region features missing; need {FEATURES_HELP.format(folder=path.parent.name, split=path.stem.removesuffix('_ims'))}")
+    if not path.is_file():
+        raise DataError(f"{path}: is a folder, expected a .npy file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file, expected a float32 [N, regions, dim] .npy array")
     try:
-        array = np.load(path, mmap_mode="r")  # never loaded whole
-    except ValueError as exc:
-        raise DataError(f"{path}: not a .npy array ({exc})") from None
-    if array.ndim != 3 or array.dtype != np.float32:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # never loaded whole
+    except (ValueError, OSError, EOFError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not a .npy array ({first})") from None
+    if array.ndim != 3 or array.dtype != np.float32 or 0 in array.shape:
         raise DataError(f"{path}: expected float32 [N, regions, dim], found {array.dtype} {list(array.shape)}")
     return array
+
+
+def check_finite(path: Path, array: np.ndarray, rows: int = 256) -> None:
+    """NaN/inf features would train silently into NaN scores: checked at prepare, a block of rows at a time."""
+    for start in range(0, array.shape[0], rows):
+        block = np.asarray(array[start : start + rows])
+        if not np.isfinite(block).all():
+            bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
+            raise DataError(located(path, f"[{bad}]", "non-finite (NaN or inf) region feature"))
 
 
 def index_features(raw: Path, out: Path, images: Path, splits: dict[str, list[dict]], synthetic: bool,
@@ -98,6 +110,7 @@ def index_features(raw: Path, out: Path, images: Path, splits: dict[str, list[di
         if array.shape[0] != n_images:
             raise DataError(f"{path}: {array.shape[0]} image rows for {len(rows)} captions in {split}_caps.txt "
                             f"(expected {n_images} = captions / {CAPTIONS_PER_IMAGE})")
+        check_finite(path, array)
         dims.add(tuple(array.shape[1:]))
         features[split] = {"path": str(path.resolve()), "shape": list(array.shape), "dtype": "float32",
                            "bytes": path.stat().st_size, "fingerprint": fingerprint(path)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmbench.data.formats import read_text
 from mmbench.errors import DataError, located
 
 PLACEHOLDER = "$T$"
@@ -40,9 +41,8 @@ def _check_sentence(path: Path, line: int, sentence: str) -> None:
 
 
 def read_tsv(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = handle.read().split("\n")
+    rows, seen = [], {}
+    lines = read_text(path, "TomBERT split file").split("\n")
     if not lines or not lines[0].startswith("index"):
         raise DataError(located(path, 1, "expected TomBERT's header line starting with 'index'"))
     for number, line in enumerate(lines[1:], start=2):
@@ -58,6 +58,9 @@ def read_tsv(path: Path) -> list[dict]:
         _check_sentence(path, number, sentence)
         if not target.strip():
             raise DataError(located(path, number, "empty target"))
+        if index in seen:
+            raise DataError(located(path, number, f"duplicate index {index!r} (first on line {seen[index]})"))
+        seen[index] = number
         rows.append(
             {"id": f"{path.stem}-{index}", "sentence": sentence, "target": target, "label": int(label), "image_id": image_id}
         )
@@ -65,8 +68,7 @@ def read_tsv(path: Path) -> list[dict]:
 
 
 def read_txt(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = [line.rstrip("\r") for line in handle.read().split("\n")]
+    lines = [line.rstrip("\r") for line in read_text(path, "TomBERT split file").split("\n")]
     rows = []
     start = 0
     while start < len(lines) and lines[start].strip() != "":
@@ -87,6 +89,16 @@ def read_txt(path: Path) -> list[dict]:
             }
         )
         start += 4
+    # a blank line ends the data only when nothing follows it (else it silently cut the split short)
+    rest = next((n for n in range(start, len(lines)) if lines[n].strip()), None)
+    if rest is not None:
+        raise DataError(located(path, start + 1, f"blank line inside the data (more blocks follow on line {rest + 1})"))
+    return rows
+
+
+def _nonempty(path: Path, rows: list[dict]) -> list[dict]:
+    if not rows:
+        raise DataError(f"{path}: no examples")
     return rows
 
 
@@ -94,9 +106,9 @@ def read_split(raw_dir: Path, split: str) -> tuple[list[dict], list[Path]]:
     """Read one split, preferring the tsv form; returns the rows and the files read."""
     tsv, txt = raw_dir / f"{split}.tsv", raw_dir / f"{split}.txt"
     if tsv.exists():
-        return read_tsv(tsv), [tsv]
+        return _nonempty(tsv, read_tsv(tsv)), [tsv]
     if txt.exists():
-        return read_txt(txt), [txt]
+        return _nonempty(txt, read_txt(txt)), [txt]
     raise DataError(f"{raw_dir}: neither {split}.tsv nor {split}.txt exists (TomBERT's absa_data layout)")
 
 

@@ -104,8 +104,12 @@ class BiGRUWordEncoder(nn.Module):
 
 def check_checkpoint_vocab(path: str, vocab: list[str]) -> None:
     """A stage-1 checkpoint trained with another vocabulary would silently mis-map every word."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("model", state)
+    from pathlib import Path
+
+    from mmbench.engine.checkpoint import load_plain
+
+    state = load_plain(Path(path))  # weights_only=True: a crafted file cannot run code
+    state = state.get("model", state) if isinstance(state, dict) else {}
     stored = state.get("intra.word_encoder.vocab_utf8")
     if stored is None:
         raise MmbenchError(f"{path}: not a Bi-GRU DCPA checkpoint (no intra.word_encoder.vocab_utf8); "

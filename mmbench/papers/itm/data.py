@@ -59,6 +59,8 @@ def load_plain_pickle(path: Path):
             return _BuiltinsOnly(io.BytesIO(handle.read())).load()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as exc:  # a folder, an unreadable file
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise DataError(f"{path}: not a plain-data pickle ({exc})") from None
 
@@ -68,8 +70,8 @@ def _is_number(value) -> bool:
 
 
 def parse_examples(path: Path, data, split: str) -> list[dict]:
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a dict of examples at the top level, found {type(data).__name__}")
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path}: expected a non-empty dict of examples at the top level, found {type(data).__name__} of {len(data) if hasattr(data, '__len__') else '?'}")
     rows = []
     for key, value in data.items():
         where = f"[{key!r}]"
@@ -80,8 +82,10 @@ def parse_examples(path: Path, data, split: str) -> list[dict]:
             raise DataError(located(path, where, f"missing field(s) {', '.join(missing)}"))
         iid, sentence, aspect = value["iid"], value["sentence"], value["aspect"]
         for name, text in (("iid", iid), ("sentence", sentence), ("aspect", aspect)):
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(located(path, f"{where}.{name}", f"expected a non-empty string, found {text!r}"))
+            if not isinstance(text, str) or not text.strip() or "\x00" in text:
+                raise DataError(located(path, f"{where}.{name}", f"expected a non-empty string without NUL, found {text!r}"))
+        if not iid.isprintable() or "/" in iid or "\\" in iid or iid.startswith("."):
+            raise DataError(located(path, f"{where}.iid", f"expected an image file stem, found {iid!r}"))
         if sentence.count(PLACEHOLDER) != 1:
             raise DataError(located(path, f"{where}.sentence", f"must contain {PLACEHOLDER} exactly once, found {sentence.count(PLACEHOLDER)}"))
         if value["sentiment"] not in ("0", "1", "2"):

@@ -25,7 +25,7 @@ FEATURE_SUFFIX = ".jpg.npz"
 
 
 def feature_path(root: Path, iid: str) -> Path:
-    if not iid or "/" in iid or "\\" in iid or iid.startswith("."):
+    if not iid or "/" in iid or "\\" in iid or iid.startswith(".") or not iid.isprintable():
         raise DataError(f"image id {iid!r} is not a plain file stem (features are {{iid}}{FEATURE_SUFFIX} under {root})")
     return root / f"{iid}{FEATURE_SUFFIX}"
 

@@ -148,7 +148,7 @@ def test_smoke_training_end_to_end_keeps_the_vocabulary_in_the_checkpoint():
     assert [row["train"]["stage"] for row in log] == [1.0, 2.0]
 
     best = f"{result['run_dir']}/checkpoints/best.pt"
-    state = torch.load(best, map_location="cpu", weights_only=False)["model"]
+    state = torch.load(best, map_location="cpu", weights_only=True)["model"]
     vocab = vocab_from_bytes(state["intra.word_encoder.vocab_utf8"])
     session = build_session(resolve("dcpa/flickr30k-gru", smoke=True), seed=0)
     assert vocab == session.method.vocab  # rebuilt deterministically from the same training captions
