@@ -90,10 +90,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _trainer_holder(run_dir: Path) -> str | None:
+    """The trainer's lock file (store.LOCK_FILE) names "pid N on HOST"; it is read, never taken (taking it,
+    even briefly, could make a trainer starting at that instant fail). Only a live pid on this host counts."""
+    try:
+        words = (run_dir / store.LOCK_FILE).read_text().split()
+    except (OSError, AttributeError):
+        return None
+    if len(words) == 4 and words[0] == "pid" and words[1].isdigit() and words[3] == socket.gethostname() and _pid_alive(int(words[1])):
+        return " ".join(words)
+    return None
+
+
 def run_state(run_dir: Path) -> tuple[str, str]:
     """(state, detail) of one run dir; state is one of STATES."""
     if (run_dir / store.METRICS_FILE).exists():
         return "done", ""
+    holder = _trainer_holder(run_dir)
+    if holder:  # e.g. a `mmbench train --resume` or a local reproduce training it right now
+        return "running", f"trainer {holder}"
     launch = read_launch(run_dir)
     state = launch.get("state")
     if state == "running" and launch.get("host") == socket.gethostname() and launch.get("pid") and not _pid_alive(launch["pid"]):

@@ -178,3 +178,16 @@ def test_a_worker_leaves_a_run_that_another_worker_holds(mini, monkeypatch, tmp_
     assert child.returncode == HELD_EXIT, child.stdout + child.stderr
     assert "another launcher's worker is training this run" in child.stdout
     assert sorted(p.name for p in job.run_dir.iterdir()) == ["launch.lock"]  # nothing trained, nothing written
+
+
+def test_status_sees_a_trainer_holding_the_run_dir(tmp_path):
+    from mmbench.launchers import run_state
+    from mmbench.results.store import LOCK_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_state(run) == ("missing", "")
+    (run / LOCK_FILE).write_text(f"pid {os.getpid()} on {__import__('socket').gethostname()}\n")
+    assert run_state(run)[0] == "running" and str(os.getpid()) in run_state(run)[1]
+    (run / LOCK_FILE).write_text(f"pid 999999999 on {__import__('socket').gethostname()}\n")  # a dead holder
+    assert run_state(run) == ("missing", "")
