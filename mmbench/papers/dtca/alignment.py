@@ -1,7 +1,7 @@
 """Token-patch alignment (DTCA §2.2, eqs 13–21): the Wasserstein distance between a sentence's token
 states and its image's patch states, and the released code's IPOT variant.
 
-Paper: masses 1/N and 1/M (eqs 13–14), cost = normalised MSE (eq 15), the flow F of the optimal
+Paper: masses 1/N and 1/M (eqs 13–14), cost = eq (15), the flow F of the optimal
 transport problem (eqs 16–20) solved exactly by `ot.emd` (network simplex), loss = work / total flow
 (eq 21). F is the argmin, so by the envelope theorem ∂L/∂δ = F / ΣF: computing L as Σ F⊙δ / ΣF with F
 held fixed gives `ot.emd2`'s value and gradient, and the gradient reaches both encoders through δ.
@@ -19,14 +19,27 @@ import torch
 import torch.nn.functional as F
 
 
-def nmse_cost(text: torch.Tensor, image: torch.Tensor, power: int = 2) -> torch.Tensor:
-    """eq (15): δ[n, m] = 1/d_h Σ_d (t̂_n/‖t̂_n‖₂^p − v̂_m/‖v̂_m‖₂^p)², p = 2 as printed (p = 1 gives
-    the MSE of unit vectors). text [N, d], image [M, d] -> [N, M]."""
+# eq (15) readings (`model.ot_cost`): (norm power p, divide by d_h)
+#   unit  ‖t̂/‖t̂‖ − v̂/‖v̂‖‖²  = 2(1 − cos): a distance between normalised vectors, in [0, 4] (paper default)
+#   nmse  1/d_h ‖t̂/‖t̂‖² − v̂/‖v̂‖²‖²  (literal print): ~1e-6 at LayerNorm-scale norms, falls as norms grow
+#   nmse_unit  1/d_h ‖t̂/‖t̂‖ − v̂/‖v̂‖‖²  (unit vectors, with the 1/d_h)
+EQ15_READINGS = {"unit": (1, False), "nmse": (2, True), "nmse_unit": (1, True)}
+
+
+def nmse_cost(text: torch.Tensor, image: torch.Tensor, power: int = 2, per_dim: bool = True) -> torch.Tensor:
+    """eq (15): δ[n, m] = [1/d_h] ‖t̂_n/‖t̂_n‖₂^p − v̂_m/‖v̂_m‖₂^p‖², p = 2 and 1/d_h as printed; p = 1
+    without 1/d_h is the `unit` reading. text [N, d], image [M, d] -> [N, M]."""
     t = text / text.norm(dim=-1, keepdim=True).clamp_min(1e-6).pow(power)
     v = image / image.norm(dim=-1, keepdim=True).clamp_min(1e-6).pow(power)
     # ‖t − v‖² = ‖t‖² + ‖v‖² − 2 t·v: a matmul, not an [N, M, d] difference tensor
-    squared = t.pow(2).sum(-1, keepdim=True) + v.pow(2).sum(-1).unsqueeze(0) - 2 * t @ v.T
-    return squared.clamp_min(0) / text.shape[-1]
+    squared = (t.pow(2).sum(-1, keepdim=True) + v.pow(2).sum(-1).unsqueeze(0) - 2 * t @ v.T).clamp_min(0)
+    return squared / text.shape[-1] if per_dim else squared
+
+
+def eq15_cost(text: torch.Tensor, image: torch.Tensor, reading: str = "unit") -> torch.Tensor:
+    """δ of eq (15) under one of `EQ15_READINGS` (see the recipe's assumptions for the argument)."""
+    power, per_dim = EQ15_READINGS[reading]
+    return nmse_cost(text, image, power=power, per_dim=per_dim)
 
 
 def cosine_cost(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -44,7 +57,7 @@ def emd_distance(cost: torch.Tensor) -> torch.Tensor:
     return (flow * cost).sum() / flow.sum()  # eq (21)
 
 
-def wasserstein_loss(text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, cost: str = "nmse") -> torch.Tensor:
+def wasserstein_loss(text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, cost: str = "unit") -> torch.Tensor:
     """Mean over the batch of eq (21). text [B, L, d] with text_mask [B, L] marking t̂_1..t̂_N,
     image [B, M, d] (every patch). Sentences with no token in the mask contribute 0."""
     losses = []
@@ -56,7 +69,7 @@ def wasserstein_loss(text: torch.Tensor, image: torch.Tensor, text_mask: torch.T
         if cost == "cosine":
             delta = cosine_cost(tokens, image[b])
         else:
-            delta = nmse_cost(tokens, image[b], power=2 if cost == "nmse" else 1)
+            delta = eq15_cost(tokens, image[b], cost)
         losses.append(emd_distance(delta))
     return torch.stack(losses).mean()
 

@@ -47,7 +47,8 @@ class DTCAConfig(BaseModel):
     beta: float = 0.6
     # token-patch alignment (eqs 13-21)
     ot_solver: Literal["emd", "ipot"] = "emd"
-    ot_cost: Literal["nmse", "nmse_unit", "cosine"] = "nmse"
+    # eq (15): `unit` = ‖t̂/‖t̂‖ − v̂/‖v̂‖‖² (default, see assumptions); `nmse` = as printed; `cosine` = released code
+    ot_cost: Literal["unit", "nmse", "nmse_unit", "cosine"] = "unit"
     ot_text_tokens: Literal["words", "inverted_padding"] = "words"
     ipot_proximal_beta: float = 0.5
     ipot_iterations: int = 50
