@@ -11,6 +11,7 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,27 @@ def paper_names(root: Path | None = None) -> list[str]:
     return sorted(p.parent.name for p in root.glob("*/paper.yaml"))
 
 
+def _read_recipe_text(path: Path) -> str:
+    if not path.exists():
+        raise RecipeError(f"{path}: file not found")
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a folder, expected a YAML file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if b"\x00" in data:
+        raise RecipeError(located(path, data[: data.index(b"\x00")].count(b"\n") + 1, "NUL byte in the file"))
+    try:
+        return data.decode("utf-8-sig")  # YAML allows a leading byte-order mark
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise RecipeError(located(path, line, f"not UTF-8 (byte 0x{data[exc.start]:02x}); save the recipe as UTF-8")) from None
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: file not found") from None
+        data = yaml.safe_load(_read_recipe_text(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = mark.line + 1 if mark else None
@@ -206,7 +223,45 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, smoke: bool =
     for opt in method_cls.optimizer_names:
         if opt not in recipe.train.optimizers:
             raise RecipeError(located(source, "train.optimizers", f"method {recipe.method} needs an optimiser named {opt!r}"))
+    check_values(source, data, {**recipe.model_dump(mode="python"), "model": model_config.model_dump(mode="python")})
+    check_ranges(source, recipe)
     return ResolvedRecipe(name, path, recipe, model_config, overrides, smoke)
+
+
+def check_values(source: str, raw: Any, validated: Any, key: str = "") -> None:
+    """What the schema's lax coercion would let through: `true` where a number belongs (pydantic turns
+    it into 1) and NaN/inf anywhere. `raw` is the recipe as written (overrides applied)."""
+    if isinstance(raw, dict) and isinstance(validated, dict):
+        for name, value in raw.items():
+            if name in validated and name not in ("smoke", "sources"):
+                check_values(source, value, validated[name], f"{key}.{name}" if key else str(name))
+    elif isinstance(raw, (list, tuple)) and isinstance(validated, (list, tuple)) and len(raw) == len(validated):
+        for i, (value, checked) in enumerate(zip(raw, validated)):
+            check_values(source, value, checked, f"{key}[{i}]")
+    elif isinstance(raw, bool) and not isinstance(validated, bool) and isinstance(validated, (int, float)):
+        raise RecipeError(located(source, key, f"expected a number, found {str(raw).lower()}"))
+    elif isinstance(validated, float) and not math.isfinite(validated):
+        raise RecipeError(located(source, key, f"must be a finite number, found {raw}"))
+
+
+def check_ranges(source: str, recipe: Recipe) -> None:
+    """Values the schema types allow but no run can use."""
+    train = recipe.train
+    if not train.seeds:
+        raise RecipeError(located(source, "train.seeds", "needs at least one seed"))
+    if len(set(train.seeds)) != len(train.seeds):
+        raise RecipeError(located(source, "train.seeds", f"duplicate seeds {train.seeds}"))
+    if recipe.data.subset is not None and recipe.data.subset < 1:
+        raise RecipeError(located(source, "data.subset", f"must be at least 1 (examples per split), found {recipe.data.subset}"))
+    if train.patience is not None and train.patience < 1:
+        raise RecipeError(located(source, "train.patience", f"must be at least 1 epoch, found {train.patience}"))
+    if train.grad_clip is not None and not train.grad_clip > 0:
+        raise RecipeError(located(source, "train.grad_clip", f"must be positive (or null for none), found {train.grad_clip}"))
+    for name, opt in train.optimizers.items():
+        if not opt.lr > 0:
+            raise RecipeError(located(source, f"train.optimizers.{name}.lr", f"must be a positive number, found {opt.lr}"))
+        if opt.weight_decay < 0:
+            raise RecipeError(located(source, f"train.optimizers.{name}.weight_decay", f"must be ≥ 0, found {opt.weight_decay}"))
 
 
 def _locate(name_or_path: str) -> tuple[Path, str]:
