@@ -27,6 +27,10 @@ def cli_errors(func):
         except MmbenchError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:  # a read-only folder, a full disk, a file that vanished: one line naming it
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -210,8 +214,9 @@ def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbe
         text = render(name, format, smoke, plot_dir=out)
         if out:
             ext = {"md": "md", "latex": "tex", "csv": "csv"}[format]
-            atomic_write_text(out / f"{name}{'-smoke' if smoke else ''}.{ext}", text)
-            typer.echo(f"wrote {out / f'{name}.{ext}'}")
+            target = out / f"{name}{'-smoke' if smoke else ''}.{ext}"
+            atomic_write_text(target, text)
+            typer.echo(f"wrote {target}")
         else:
             typer.echo(text)
 

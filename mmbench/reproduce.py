@@ -68,6 +68,8 @@ def plan_runs(paper: str, dataset: str | None, n_seeds: int | None, smoke: bool,
     from mmbench.recipes.loader import load_paper
     from mmbench.report.tables import plan, row_recipe
 
+    if n_seeds is not None and n_seeds < 1:
+        raise MmbenchError(f"--seeds {n_seeds}: expected at least 1 seed per recipe")
     recipes = plan(paper, dataset, smoke)
     if tables:
         known = {t.id: t for t in load_paper(paper).tables}
@@ -92,6 +94,9 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
     skip finished runs and runs another launcher holds; failures are listed at the end (exit 1)."""
     from mmbench.report.tables import report
 
+    from mmbench.engine.runtime import check_device
+
+    check_device(device)
     jobs = plan_runs(paper, dataset, n_seeds, smoke, tables)
     if dry_run:
         print(f"plan for {paper} on {dataset}{' (smoke)' if smoke else ''}: {len({r.name + r.config_hash for r, _ in jobs})} recipes, {len(jobs)} runs")
