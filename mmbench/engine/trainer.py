@@ -92,7 +92,7 @@ def _merge_logs(world: World, sums: dict, counts: dict) -> tuple[dict, dict]:
 
 
 def _better(value: float, best: float | None, mode: str, ties_to_later: bool) -> bool:
-    if best is None:
+    if best is None or mode == "last":  # "last": no model selection, the final epoch is tested
         return True
     if ties_to_later and value == best:
         return True

@@ -65,7 +65,8 @@ class TrainCfg(Strict):
     grad_clip_mode: Literal["global", "per_tensor"] = "global"
     select_metric: str = "accuracy"
     select_split: Literal["dev", "test"] = "dev"
-    select_mode: Literal["max", "min"] = "max"
+    # "last": no model selection (the dev metric is still logged; the final epoch is tested)
+    select_mode: Literal["max", "min", "last"] = "max"
     # ties go to the later epoch when True (some released code selects with >=)
     select_ties_to_later: bool = False
     patience: int | None = None

@@ -121,6 +121,15 @@ def load_text_encoder_4l(name: str):
     return load_text_encoder(name)
 
 
+def last_text_layers(text_model: nn.Module | None, k: int) -> nn.ModuleList:
+    """BERT's last k transformer layers (layers 9-12 of BERT-base for k = 4)."""
+    layers = getattr(getattr(text_model, "encoder", None), "layer", None)
+    if layers is None or not 1 <= k <= len(layers):
+        raise DataError(f"model.text_trained_layers={k}: the text encoder has {0 if layers is None else len(layers)} "
+                        "BERT-style layers to train")
+    return nn.ModuleList(list(layers)[-k:])
+
+
 def image_transform(resize: int, crop: int):
     from torchvision import transforms
 
@@ -148,7 +157,7 @@ class FrozenExtractor(nn.Module):
         features = {}
         if self.text_model is not None:
             states = self.text_states(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-            features.update(cls=states[:, :, 0], tokens=states[:, :, 1:-1], token_mask=batch["word_mask"][:, 1:-1].float())
+            features.update(cls=states[:, :, 0], tokens=states[:, :, 1:-1], token_mask=batch["word_mask"][:, 1:-1].to(states.dtype))
         if self.image_model is not None:
             features["image_map"] = self.image_model(batch["pixels"])
         return features

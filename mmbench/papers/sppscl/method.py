@@ -12,18 +12,19 @@ therefore uses fixed batches (`train.eval_batch_size`) in file order on one proc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmbench.data.collate import pad_sequences
 from mmbench.engine.method import Method, StepControl
 from mmbench.papers.sppscl import features as feats
-from mmbench.papers.sppscl.losses import inter_supcon, intra_supcon, needs_inter_step, sentiment_distances, total_loss
+from mmbench.papers.sppscl.losses import at_least_fp32, alignment_check, inter_supcon, intra_supcon, sentiment_distances, total_loss
 from mmbench.papers.sppscl.model import SPPSCLHeads, SPPSCLNet
 from mmbench.metrics.classification import classification_metrics
 
@@ -54,16 +55,20 @@ class SPPSCLConfig(BaseModel):
     use_intra: bool = True  # L_cli + L_clt (Table 5)
     use_inter: bool = True  # L_clm (Table 5)
     two_step: bool = True  # Algorithm 1; False = one step with all losses (Table 4)
-    supcon_normaliser: Literal["batch", "positives"] = "batch"
+    supcon_normaliser: Literal["positives", "batch"] = "positives"  # 1/|P(i)| (Khosla et al.) or eq 4's 1/B
     supcon_self_in_denominator: bool = False
     inter_anchor: Literal["image", "text"] = "image"
-    inter_include_pair: bool = False
-    condition_similarity: Literal["cosine", "sigmoid_dot"] = "cosine"
+    inter_pair: Literal["positive", "excluded", "negative"] = "positive"  # eq 6's matched pair (losses.py)
+    condition_similarity: Literal["sigmoid_dot", "cosine"] = "sigmoid_dot"  # Algorithm 1's undefined "sim"
     condition_count_self_pairs: bool = False
     condition_floor: bool = False
     token_slice: Literal["words", "padded"] = "words"
     token_mean: Literal["masked", "all"] = "masked"
     encoders_train_mode: bool = False
+    # 0: BERT frozen (§Methodology "kept fixed"; what a cache of layers 9-12 implies); 4: the other
+    # reading of §Text Encoder, "fine-tuning only the last four transformer layers (9-12)" (live encoders)
+    text_trained_layers: int = Field(default=0, ge=0)
+    trace: bool = True  # <run dir>/sppscl_trace.jsonl: Algorithm 1's check and IID/TTD/ITD per step
     feature_cache: bool = True
     cache_dtype: Literal["float16", "float32"] = "float16"
     image_errors: Literal["error", "load_truncated", "blank"] = "error"
@@ -73,9 +78,15 @@ class SPPSCLConfig(BaseModel):
         if self.feature_cache and (self.encoders_train_mode or self.token_slice == "padded"):
             raise ValueError("feature_cache needs deterministic encoder outputs over the word tokens: set "
                              "model.feature_cache=false with encoders_train_mode=true or token_slice=padded")
+        if self.text_trained_layers and (self.feature_cache or self.modality == "image"):
+            raise ValueError(f"text_trained_layers={self.text_trained_layers} trains BERT layers: set model.feature_cache=false "
+                             "(no cache above the frozen layers) and a text modality")
         if not 1 <= self.ha_layers <= self.encoder_layers:
             raise ValueError(f"ha_layers={self.ha_layers} must be in 1..encoder_layers={self.encoder_layers}")
         return self
+
+
+TRACE_FILE = "sppscl_trace.jsonl"
 
 
 class SPPSCL(Method):
@@ -221,10 +232,12 @@ class SPPSCL(Method):
             dim=cfg.embed_dim, lstm_hidden=cfg.lstm_hidden, classifier_hidden=cfg.classifier_hidden, dropout=cfg.dropout,
             ha_mlp_layers=cfg.ha_mlp_layers, packed=cfg.token_slice == "words", masked_mean=cfg.token_mean == "masked")
         extractor = None if cfg.feature_cache else _LastLayers(self.extractor, cfg.ha_layers)
-        return SPPSCLNet(heads, extractor, cfg.encoders_train_mode)
+        trained = feats.last_text_layers(self.extractor.text_model, cfg.text_trained_layers) if cfg.text_trained_layers else None
+        return SPPSCLNet(heads, extractor, cfg.encoders_train_mode, trained)
 
     def parameters_for(self, model, optimizer_name):
-        return [(n, p) for n, p in model.named_parameters() if not n.startswith("extractor.")]
+        # the heads, plus BERT's last `text_trained_layers` layers when that reading is chosen
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     # -- training ----------------------------------------------------------------------------------
     def _intra(self, out: dict, labels) -> tuple:
@@ -237,13 +250,13 @@ class SPPSCL(Method):
     def _inter(self, out: dict, labels):
         cfg = self.config
         return inter_supcon(out["image"], out["text"], labels, cfg.temperature, cfg.supcon_normaliser,  # eq (6)
-                            cfg.inter_include_pair, cfg.inter_anchor)
+                            cfg.inter_pair, cfg.inter_anchor)
 
     def train_step(self, model, batch, step: StepControl) -> dict[str, float]:
         cfg, labels = self.config, batch["labels"]
         with step.autocast():
             out = model(batch)
-        ce = F.cross_entropy(out["logits"].float(), labels)
+        ce = F.cross_entropy(at_least_fp32(out["logits"]), labels)
         l_cli, l_clt = self._intra(out, labels)
         inter_now = cfg.use_inter and cfg.modality == "both" and not cfg.two_step
         l_clm = self._inter(out, labels) if inter_now else None  # Table 4 "one-step": every loss at once
@@ -254,15 +267,43 @@ class SPPSCL(Method):
         if cfg.use_inter and cfg.modality == "both" and cfg.two_step:
             with step.autocast():
                 out2 = model(batch)  # Algorithm 1 line 7: embeddings again, after the update
-            applied = needs_inter_step(out2["image"], out2["text"], labels, cfg.alpha, cfg.condition_similarity,
-                                       cfg.condition_count_self_pairs, cfg.condition_floor)
-            if applied:  # lines 12-14
+            check = alignment_check(out2["image"], out2["text"], labels, cfg.alpha, cfg.condition_similarity,
+                                    cfg.condition_count_self_pairs, cfg.condition_floor)
+            if check["run"]:  # lines 12-14
                 l_clm = self._inter(out2, labels)
                 step.backward(l_clm)
                 step.optimizer_step("main", advance_schedule=False)  # Algorithm 1's second update
                 logs["l_clm"] = l_clm.item()
-            logs["inter_steps"] = float(applied)
+            # averaged over the epoch's steps: the fraction of steps on which L_clm ran (→ metrics.json final_train)
+            logs["inter_step_fraction"] = float(check["run"])
+            n = len(labels)
+            logs["inter_count_ratio"] = check["count"] / n**2  # c / B², against α·c_mask / B²
+            logs["inter_threshold_ratio"] = check["threshold"] / n**2
+            distances = sentiment_distances(out2["image"].detach(), out2["text"].detach(), labels)
+            logs.update({f"train_{k}": v for k, v in distances.items() if v == v})  # Figure 4's distances, train batch
+            self._trace(step, check, distances)
         return logs
+
+    # -- Figure 4 trace -------------------------------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        self._batch_in_epoch = 0
+
+    def _trace(self, step: StepControl, check: dict, distances: dict) -> None:
+        """One row per step: Algorithm 1's check on the step-1 embeddings and their IID/TTD/ITD."""
+        run_dir, batch = self.ctx.run_dir, getattr(self, "_batch_in_epoch", 0)
+        self._batch_in_epoch = batch + 1
+        if not self.config.trace or run_dir is None or not self.ctx.world.is_main:
+            return
+        path = Path(run_dir) / TRACE_FILE
+        if not getattr(self, "_trace_started", False):  # a resumed run drops the rows of the epochs it redoes
+            from mmbench.results import store
+
+            store.write_jsonl(path, [r for r in store.read_jsonl(path) if r["epoch"] < step.epoch])
+            self._trace_started = True
+        row = {"epoch": step.epoch, "batch": batch, "global_step": step.global_step, "inter_step": check["run"],
+               "count": check["count"], "threshold": check["threshold"], **distances}
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
 
     # -- evaluation --------------------------------------------------------------------------------
     def predict(self, model, batch) -> list[dict]:

@@ -134,26 +134,33 @@ class SPPSCLHeads(nn.Module):
 
 
 class SPPSCLNet(nn.Module):
-    """Heads, plus the frozen encoders when features are computed live (no cache)."""
+    """Heads, plus the frozen encoders when features are computed live (no cache). `trained_text_layers`
+    (BERT's last layers, the "fine-tuning layers 9-12" reading) get gradients and run in train mode."""
 
-    def __init__(self, heads: SPPSCLHeads, extractor: nn.Module | None = None, encoders_train_mode: bool = False):
+    def __init__(self, heads: SPPSCLHeads, extractor: nn.Module | None = None, encoders_train_mode: bool = False,
+                 trained_text_layers: nn.Module | None = None):
         super().__init__()
         self.heads, self.extractor = heads, extractor
         self.encoders_train_mode = encoders_train_mode
+        self.trained_text_layers = [trained_text_layers] if trained_text_layers is not None else []  # not a submodule twice
         if extractor is not None:
             extractor.requires_grad_(False)
+        for layers in self.trained_text_layers:
+            layers.requires_grad_(True)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if self.extractor is not None and not self.encoders_train_mode:
             self.extractor.eval()  # frozen means frozen: no dropout, no BatchNorm statistics updates
+            for layers in self.trained_text_layers:
+                layers.train(mode)  # fine-tuned layers: dropout as in BERT fine-tuning
         return self
 
     def forward(self, batch: dict) -> dict:
-        features = batch
-        if "features" not in batch:
-            with torch.no_grad():  # frozen; BatchNorm buffers still update in train mode (released code)
-                features = self.extractor(batch)
-        else:
-            features = batch["features"]
+        if "features" in batch:
+            return self.heads(batch["features"])
+        # frozen encoders: no graph (BatchNorm buffers still update in train mode, as in the released code),
+        # unless some BERT layers are trained
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.trained_text_layers)):
+            features = self.extractor(batch)
         return self.heads(features)

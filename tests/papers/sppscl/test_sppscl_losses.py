@@ -6,7 +6,15 @@ import math
 import pytest
 import torch
 
-from mmbench.papers.sppscl.losses import inter_supcon, intra_supcon, needs_inter_step, sentiment_distances, total_loss
+from mmbench.papers.sppscl.losses import (
+    alignment_check,
+    inter_supcon,
+    inter_supcon_logits,
+    intra_supcon,
+    needs_inter_step,
+    sentiment_distances,
+    total_loss,
+)
 from mmbench.papers.sppscl.model import CrossModalFusion, HierarchicalAttentionText
 
 
@@ -32,14 +40,14 @@ def ref_intra(x, y, tau, normaliser, self_in_den):
     return -total / n
 
 
-def ref_inter(a, b, y, tau, normaliser, include_pair):
-    """Eq (6) as loops: anchors a_m, contrasts b_n, denominator over every t."""
+def ref_inter(a, b, y, tau, normaliser, pair):
+    """Eq (6) as loops: anchors a_m, contrasts b_n, denominator over every t (but t = m when the pair is excluded)."""
     n = len(y)
     total = 0.0
     for m in range(n):
-        den = sum(math.exp(cos(a[m], b[t]) / tau) for t in range(n))
+        den = sum(math.exp(cos(a[m], b[t]) / tau) for t in range(n) if pair != "excluded" or t != m)
         terms = [math.log(math.exp(cos(a[m], b[k]) / tau) / den) for k in range(n)
-                 if y[k] == y[m] and (include_pair or k != m)]
+                 if y[k] == y[m] and (pair == "positive" or k != m)]
         norm = n if normaliser == "batch" else max(1, len(terms))
         total += sum(terms) / norm
     return -total / n
@@ -81,12 +89,52 @@ def test_intra_supcon_official_matches_released_code_and_khosla():
 
 
 @pytest.mark.parametrize("anchor", ["image", "text"])
-@pytest.mark.parametrize("include_pair,normaliser", [(False, "batch"), (True, "positives")])
-def test_inter_supcon_matches_loop_reference(anchor, include_pair, normaliser):
+@pytest.mark.parametrize("pair,normaliser", [("negative", "batch"), ("positive", "positives"), ("excluded", "positives"),
+                                             ("positive", "batch")])
+def test_inter_supcon_matches_loop_reference(anchor, pair, normaliser):
     image, text, y = torch.randn(6, 4), torch.randn(6, 4), torch.tensor([1, 0, 1, 1, 0, 2])
-    got = inter_supcon(image, text, y, 0.2, normaliser, include_pair, anchor)
+    got = inter_supcon(image, text, y, 0.2, normaliser, pair, anchor)
     a, b = (image, text) if anchor == "image" else (text, image)
-    assert got.item() == pytest.approx(ref_inter(a, b, y, 0.2, normaliser, include_pair), rel=1e-5)
+    assert got.item() == pytest.approx(ref_inter(a, b, y, 0.2, normaliser, pair), rel=1e-5)
+
+
+@pytest.mark.parametrize("pair,sign", [("positive", -1), ("excluded", 0), ("negative", 1)])
+def test_inter_supcon_gradient_on_the_matched_pair(pair, sign):
+    """∂L_clm/∂s(m, m) while the pair is no more similar than the anchor's other positives: a descent step raises
+    the matched pair's similarity (positive), leaves it (excluded), or lowers it (eq 6 as printed, which keeps
+    the pair only in the denominator; this sign holds at any similarity)."""
+    g = torch.Generator().manual_seed(3)
+    logits = (0.5 * torch.randn(8, 8, generator=g)).requires_grad_(True)
+    y = torch.tensor([0, 1, 0, 2, 1, 0, 2, 1])
+    inter_supcon_logits(logits, y, "positives", pair).backward()
+    diag = torch.diagonal(logits.grad)
+    if sign == 0:
+        assert torch.all(diag == 0)
+    else:
+        assert torch.all(torch.sign(diag) == sign)
+
+
+@pytest.mark.parametrize("pair", ["positive", "negative"])
+def test_inter_step_moves_matched_pairs(pair):
+    """On embeddings (D = 32, B = 64), gradient steps on L_clm raise the matched image-text pairs' mean cosine
+    similarity when the pair counts as a positive; as printed (the pair only in the denominator) they lower it."""
+    g = torch.Generator().manual_seed(0)
+    image, text = torch.randn(64, 32, generator=g), torch.randn(64, 32, generator=g)
+    y = torch.randint(0, 3, (64,), generator=g)
+    image.requires_grad_(True), text.requires_grad_(True)
+
+    def matched():
+        with torch.no_grad():
+            return float(torch.nn.functional.cosine_similarity(image, text, dim=1).mean())
+
+    before = matched()
+    opt = torch.optim.SGD([image, text], lr=1.0)
+    for _ in range(20):
+        opt.zero_grad()
+        inter_supcon(image, text, y, 0.07, "positives", pair).backward()
+        opt.step()
+    change = matched() - before  # measured: +0.0065 (positive), -0.0068 (negative)
+    assert change > 0.004 if pair == "positive" else change < -0.004
 
 
 def test_inter_anchor_direction_matters():
@@ -100,7 +148,7 @@ def test_supcon_gradient_pulls_same_label_together():
     opt = torch.optim.SGD([x], lr=2.0)
     for _ in range(200):
         opt.zero_grad()
-        intra_supcon(x, y, 0.5).backward()
+        intra_supcon(x, y, 0.5, "batch").backward()
         opt.step()
     z = torch.nn.functional.normalize(x.detach(), dim=1)
     sim = z @ z.t()
@@ -119,7 +167,8 @@ def ref_condition(image, text, y, alpha, similarity, count_self, floor):
     return c < (int(alpha * m) if floor else alpha * m)
 
 
-@pytest.mark.parametrize("similarity,count_self,floor", [("cosine", False, False), ("sigmoid_dot", True, True)])
+@pytest.mark.parametrize("similarity,count_self,floor", [("cosine", False, False), ("sigmoid_dot", True, True),
+                                                        ("sigmoid_dot", False, False)])
 def test_two_step_condition_matches_algorithm_1(similarity, count_self, floor):
     hits = 0
     for seed in range(30):
@@ -137,10 +186,10 @@ def test_condition_aligned_pairs_skip_and_misaligned_run():
     image = torch.eye(4)
     y = torch.tensor([0, 0, 1, 1])
     # text == image: the diagonal is 1 and the 12 off-diagonal entries (0) lie below it: c = 12 ≥ α·m = 4/3 → skip
-    assert not needs_inter_step(image, image.clone(), y, 2 / 3)
+    assert not needs_inter_step(image, image.clone(), y, 2 / 3, "cosine")
     # pairs rolled out of place: the diagonal is the minimum (0), nothing lies below it, c = 0 < α·m → L_clm runs
-    assert needs_inter_step(image, torch.roll(image, 1, 0), y, 2 / 3)
-    assert needs_inter_step(image, torch.roll(image, 1, 0), y, 2 / 3) == ref_condition(
+    assert needs_inter_step(image, torch.roll(image, 1, 0), y, 2 / 3, "cosine")
+    assert needs_inter_step(image, torch.roll(image, 1, 0), y, 2 / 3, "cosine") == ref_condition(
         image, torch.roll(image, 1, 0), y, 2 / 3, "cosine", False, False)
 
 
@@ -150,8 +199,10 @@ def test_condition_floor_changes_threshold():
     c = int((sim < torch.diagonal(sim).mean()).sum())
     m = 8  # same-label pairs with i != j
     alpha = (c + 0.5) / m  # α·m = c + 0.5: c < α·m runs L_clm, but int(α·m) = c does not
-    assert needs_inter_step(image, text, y, alpha)
-    assert not needs_inter_step(image, text, y, alpha, floor=True)
+    assert needs_inter_step(image, text, y, alpha, "cosine")
+    assert not needs_inter_step(image, text, y, alpha, "cosine", floor=True)
+    check = alignment_check(image, text, y, alpha, "cosine")
+    assert check["count"] == c and check["threshold"] == pytest.approx(c + 0.5)
 
 
 def test_total_loss_eq7():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mmbench.engine.method import RunContext, StepControl
+from mmbench.engine.precision import float64_compute
 from mmbench.engine.runtime import World
 from mmbench.engine.trainer import build_session, evaluate, evaluate_run, fit
 from mmbench.recipes.loader import resolve
@@ -19,6 +20,8 @@ def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("MMBENCH_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("MMBENCH_RUNS", str(tmp_path / "runs"))
     torch.set_num_threads(1)
+    with float64_compute():  # smoke sessions are float64; tests that drive them directly compute as the trainer does
+        yield
 
 
 def _quiet(_):
@@ -32,7 +35,13 @@ def test_smoke_training_learns_and_evaluation_is_repeatable():
     assert test["accuracy"] > majority + 25
     assert {"weighted_f1", "iid", "ttd", "itd"} <= set(test)
     log = [json.loads(line) for line in (Path(result["run_dir"]) / "log.jsonl").read_text().splitlines()]
-    assert all("inter_steps" in row["train"] for row in log)
+    assert all(0.0 <= row["train"]["inter_step_fraction"] <= 1.0 for row in log)
+    assert result["final_train"]["inter_step_fraction"] == log[-1]["train"]["inter_step_fraction"]
+    trace = [json.loads(line) for line in (Path(result["run_dir"]) / "sppscl_trace.jsonl").read_text().splitlines()]
+    assert len(trace) == sum(row["steps"] for row in log)  # one row per training step
+    fired = [r["inter_step"] for r in trace if r["epoch"] == 4]
+    assert sum(fired) / len(fired) == pytest.approx(log[-1]["train"]["inter_step_fraction"])
+    assert all(r["inter_step"] == (r["count"] < r["threshold"]) for r in trace)
     # fixed batches in file order: re-evaluating the best checkpoint gives the same predictions
     run = Path(result["run_dir"])
     first = evaluate_run(run, "test")
@@ -64,11 +73,15 @@ def _logits(session, size):
         return model(method.collate(method.examples["test"][:size], "test"))["logits"]
 
 
+CHECK_KEYS = {"inter_step_fraction", "inter_count_ratio", "inter_threshold_ratio", "train_iid", "train_ttd", "train_itd"}
+
+
 @pytest.mark.parametrize("overrides,expected", [
     (["model.two_step=false"], {"loss", "ce"}),
     (["model.use_inter=false"], {"loss", "ce"}),
     (["model.modality=text"], {"loss", "ce"}),
-    (["model.fusion=concat", "model.alpha=100"], {"loss", "ce", "inter_steps", "l_clm"}),
+    (["model.fusion=concat", "model.alpha=100"], {"loss", "ce", "l_clm", *CHECK_KEYS}),
+    (["model.alpha=0"], {"loss", "ce", *CHECK_KEYS}),
 ])
 def test_train_step_variants(overrides, expected):
     session = build_session(resolve("sppscl/hfm", overrides, smoke=True), seed=0)
