@@ -75,9 +75,15 @@ def run_golden(entry: dict, root) -> dict:
 def check_goldens(papers: list[str] | None):
     from mmbench.results.goldens import compare, golden_papers, load_goldens
 
+    from mmbench.paths import results_dir
+
+    papers = papers or golden_papers()
+    if not papers:  # e.g. an installed wheel: goldens are a developer artefact of the repository
+        raise MmbenchError(f"{results_dir() / 'goldens'}: no goldens to check (they live in a checkout's results/goldens; "
+                           "set MMBENCH_RESULTS to a checkout's results/)")
     drifts = []
     with tempfile.TemporaryDirectory() as tmp:
-        for paper in papers or golden_papers():
+        for paper in papers:
             for entry in load_goldens(paper)["entries"]:
                 drifts += compare(paper, entry, run_golden(entry, Path(tmp)))
     return drifts
