@@ -192,9 +192,9 @@ def main() -> None:
               f"({row['theta_params']:,} θ params, {row['device']})")
     from pathlib import Path
 
-    from mmbench.paths import REPO_ROOT
+    from mmbench.paths import bench_results_dir
 
-    out = Path(args.json or REPO_ROOT / "benchmarks" / "results" / f"cmcs_upper_step-{rows[0]['device'].split(':')[0]}.json")
+    out = Path(args.json or bench_results_dir() / f"cmcs_upper_step-{rows[0]['device'].split(':')[0]}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
     print(out)

@@ -137,3 +137,12 @@ def results_dir() -> Path:
         return Path(os.environ["MMBENCH_RESULTS"])
     root = checkout_root()
     return root / "results" if root is not None else Path.cwd() / "results"
+
+
+def bench_results_dir() -> Path:
+    """Where benchmarks write their JSON: the checkout's benchmarks/results (committed evidence), or
+    ./benchmarks/results when installed (never inside site-packages); MMBENCH_BENCH_RESULTS overrides."""
+    if "MMBENCH_BENCH_RESULTS" in os.environ:
+        return Path(os.environ["MMBENCH_BENCH_RESULTS"])
+    root = checkout_root()
+    return (root if root is not None else Path.cwd()) / "benchmarks" / "results"
