@@ -57,6 +57,20 @@ class DTCAConfig(BaseModel):
     crf_mask: Literal["packed", "noncontiguous"] = "packed"
     crf_reduction: Literal["mean", "sum_div10"] = "mean"
     decode: Literal["viterbi", "argmax"] = "viterbi"
+    # evaluation: released `cal_f1` counts a sentence's gold pairs as a set; its log keeps the text-only
+    # head's best F1 over the epochs evaluated (`text_best_metric`), apart from the main head's epoch
+    gold_as_set: bool = False
+    text_metrics_epoch: Literal["selected", "own_best"] = "selected"
+
+
+def ot_token_mask(n_tokens: int, length: int, mode: str) -> torch.Tensor:
+    """The text positions L_WD transports, for a sentence of `n_tokens` (with <s>, </s>) padded to `length`."""
+    mask = torch.zeros(length, dtype=torch.bool)
+    if mode == "words":
+        mask[1 : n_tokens - 1] = True  # t̂_1..t̂_N: the text's sub-tokens, not <s>, </s> or padding
+    else:
+        mask[n_tokens:] = True  # released code: `attention_mask == 1` passed as the PAD mask
+    return mask
 
 
 class DTCA(Method):
@@ -116,10 +130,7 @@ class DTCA(Method):
             word_tags[row, :w] = torch.tensor(e["word_tags"])
             word_mask[row, :w] = True
             token_labels[row, e["word_index"]] = torch.tensor(e["word_tags"])
-            if config.ot_text_tokens == "words":
-                ot_text_mask[row, 1 : n - 1] = True  # t̂_1..t̂_N: the text's sub-tokens, not <s>, </s> or padding
-            else:
-                ot_text_mask[row, n:] = True  # released code: `attention_mask == 1` passed as the PAD mask
+            ot_text_mask[row] = ot_token_mask(n, length, config.ot_text_tokens)
         batch = {"input_ids": ids, "attention_mask": attention, "token_labels": token_labels, "word_index": word_index,
                  "word_tags": word_tags, "word_mask": word_mask, "ot_text_mask": ot_text_mask}
         if self.image is not None:
@@ -134,6 +145,15 @@ class DTCA(Method):
         image = self.image
         return DTCAModel(self.config, self.text_encoder, image.model if image else None,
                          image.hidden_size if image else 0, image.prefix_tokens if image else 0)
+
+    def parameters_for(self, model, optimizer_name: str):
+        """All trainable parameters; those of LayerNorm modules are named `….LayerNorm.<weight|bias>`
+        so that the engine's no-decay rule sees them as the released HF Trainer does (by module type:
+        ViT's `layernorm_before`/`layernorm_after` and the cross-attention's norms are LayerNorms too)."""
+        norms = {name for name, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm)}
+        for name, param in model.named_parameters():
+            owner, _, leaf = name.rpartition(".")
+            yield (f"{owner}.LayerNorm.{leaf}" if owner in norms else name), param
 
     def train_step(self, model, batch, step: StepControl) -> dict[str, float]:
         with step.autocast():
@@ -154,8 +174,14 @@ class DTCA(Method):
 
     def metrics(self, predictions: list[dict], split: str) -> dict[str, float]:
         gold = [[tuple(t) for t in p["gold"]] for p in predictions]
-        main = span_f1(gold, [[tuple(t) for t in p["pred"]] for p in predictions])
-        text = span_f1(gold, [[tuple(t) for t in p["text_pred"]] for p in predictions])
+        as_set = self.config.gold_as_set
+        main = span_f1(gold, [[tuple(t) for t in p["pred"]] for p in predictions], as_set)
+        text = span_f1(gold, [[tuple(t) for t in p["text_pred"]] for p in predictions], as_set)
+        if self.config.text_metrics_epoch == "own_best":  # best over this run's evaluations of the split
+            best = getattr(self, "_text_best", {})
+            if split not in best or text["f1"] > best[split]["f1"]:
+                best[split] = text
+            self._text_best, text = best, best[split]
         return {"f1": main["f1"], "precision": main["precision"], "recall": main["recall"],
                 "text_f1": text["f1"], "text_precision": text["precision"], "text_recall": text["recall"],
                 "gold_aspects": main["gold"], "gold_truncated": float(self.truncated.get(split, 0))}

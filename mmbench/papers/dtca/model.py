@@ -60,18 +60,23 @@ class CrossModalAttention(nn.Module):
         return self.norm2(hidden + self.dropout(self.ffn(hidden)))  # p̂ = MLP + second LayerNorm / residual
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half precision to fp32; fp32/fp64 stay as they are (float64 golden runs)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def crf_nll(crf: CRF, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
-    """eq (12): −log P(y|x) of eqs (10)–(11), always in fp32 (autocast off). `mean` averages over the
-    batch (1/J Σ_j); `sum_div10` is the released code's sum over the batch divided by 10."""
+    """eq (12): −log P(y|x) of eqs (10)–(11), in at least fp32 (autocast off). `mean` averages over
+    the batch (1/J Σ_j); `sum_div10` is the released code's sum over the batch divided by 10."""
     with torch.autocast(emissions.device.type, enabled=False):
-        log_likelihood = crf(emissions.float(), tags, mask=mask, reduction="sum" if reduction == "sum_div10" else "mean")
+        log_likelihood = crf(at_least_fp32(emissions), tags, mask=mask, reduction="sum" if reduction == "sum_div10" else "mean")
     return -log_likelihood / 10 if reduction == "sum_div10" else -log_likelihood
 
 
 def crf_decode(crf: CRF, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    """Viterbi: argmax_y score(x, y) of eq (11), in fp32."""
+    """Viterbi: argmax_y score(x, y) of eq (11), in at least fp32."""
     with torch.autocast(emissions.device.type, enabled=False):
-        return crf.decode(emissions.float(), mask=mask)
+        return crf.decode(at_least_fp32(emissions), mask=mask)
 
 
 def gather_words(states: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
@@ -123,7 +128,7 @@ class DTCAModel(nn.Module):
         config = self.config
         out = self.encode(batch)
         # eq (7): mean cross-entropy over labelled (first) sub-tokens
-        text_loss = F.cross_entropy(out["text_logits"].float().flatten(0, 1), batch["token_labels"].flatten(), ignore_index=IGNORE)
+        text_loss = F.cross_entropy(at_least_fp32(out["text_logits"]).flatten(0, 1), batch["token_labels"].flatten(), ignore_index=IGNORE)
         if config.tagger == "text_softmax":
             return {"loss": text_loss, "text_loss": text_loss}
         crf_loss = self.crf_loss(out["cross_logits"], batch)
@@ -145,10 +150,10 @@ class DTCAModel(nn.Module):
         return crf_nll(self.crf, logits, batch["token_labels"].clamp_min(0), mask, self.config.crf_reduction)
 
     def alignment_loss(self, text: torch.Tensor, image: torch.Tensor, batch: dict) -> torch.Tensor:
-        """L_WD, eqs (13)–(21), in fp32."""
+        """L_WD, eqs (13)–(21), in at least fp32."""
         config = self.config
         with torch.autocast(text.device.type, enabled=False):
-            text, image = text.float(), image.float()
+            text, image = at_least_fp32(text), at_least_fp32(image)
             if config.ot_solver == "ipot":
                 return ipot_loss(text, image, batch["ot_text_mask"], config.ipot_proximal_beta, config.ipot_iterations, config.ipot_k)
             return wasserstein_loss(text, image, batch["ot_text_mask"], cost=config.ot_cost)
@@ -159,7 +164,7 @@ class DTCAModel(nn.Module):
         """Word tags per sentence from the main output (CRF/argmax) and from the text-only head."""
         out = self.encode(batch)
         lengths = batch["word_mask"].sum(1).tolist()
-        text_tags = gather_words(out["text_logits"].float(), batch["word_index"]).argmax(-1).tolist()
+        text_tags = gather_words(out["text_logits"], batch["word_index"]).argmax(-1).tolist()
         text_tags = [tags[:n] for tags, n in zip(text_tags, lengths)]
         if "cross_logits" not in out:
             return {"tags": text_tags, "text_tags": text_tags}
@@ -167,5 +172,5 @@ class DTCAModel(nn.Module):
         if self.config.decode == "viterbi":
             tags = crf_decode(self.crf, emissions, batch["word_mask"])
         else:  # released code: argmax of the emission scores, the CRF unused at inference
-            tags = [row[:n] for row, n in zip(emissions.float().argmax(-1).tolist(), lengths)]
+            tags = [row[:n] for row, n in zip(emissions.argmax(-1).tolist(), lengths)]
         return {"tags": tags, "text_tags": text_tags}
