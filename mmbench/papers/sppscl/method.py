@@ -65,6 +65,9 @@ class SPPSCLConfig(BaseModel):
     token_slice: Literal["words", "padded"] = "words"
     token_mean: Literal["masked", "all"] = "masked"
     encoders_train_mode: bool = False
+    # released code (torch 1.8.1): zero_grad() leaves zero tensors, so the L_clm step's AdamW update also moves
+    # the classifier/fusion weights (momentum, weight decay); False: those get no gradient and stay put
+    zero_grads_in_inter_step: bool = False
     # 0: BERT frozen (§Methodology "kept fixed"; what a cache of layers 9-12 implies); 4: the other
     # reading of §Text Encoder, "fine-tuning only the last four transformer layers (9-12)" (live encoders)
     text_trained_layers: int = Field(default=0, ge=0)
@@ -262,7 +265,8 @@ class SPPSCL(Method):
         l_clm = self._inter(out, labels) if inter_now else None  # Table 4 "one-step": every loss at once
         loss = total_loss(ce, cfg.lambda_ce, l_cli, l_clt, l_clm)  # eq (7) / Algorithm 1 line 4
         step.backward(loss)
-        step.optimizer_step("main")
+        # the schedule advances after the whole iteration: Algorithm 1's second update uses this step's lr
+        step.optimizer_step("main", advance_schedule=False)
         logs = {"loss": loss.item(), "ce": ce.item()}
         if cfg.use_inter and cfg.modality == "both" and cfg.two_step:
             with step.autocast():
@@ -272,6 +276,11 @@ class SPPSCL(Method):
             if check["run"]:  # lines 12-14
                 l_clm = self._inter(out2, labels)
                 step.backward(l_clm)
+                if cfg.zero_grads_in_inter_step:
+                    for group in step.optimizers["main"].param_groups:
+                        for p in group["params"]:
+                            if p.grad is None:
+                                p.grad = torch.zeros_like(p)
                 step.optimizer_step("main", advance_schedule=False)  # Algorithm 1's second update
                 logs["l_clm"] = l_clm.item()
             # averaged over the epoch's steps: the fraction of steps on which L_clm ran (→ metrics.json final_train)
@@ -282,6 +291,7 @@ class SPPSCL(Method):
             distances = sentiment_distances(out2["image"].detach(), out2["text"].detach(), labels)
             logs.update({f"train_{k}": v for k, v in distances.items() if v == v})  # Figure 4's distances, train batch
             self._trace(step, check, distances)
+        step.schedulers["main"].step()
         return logs
 
     # -- Figure 4 trace -------------------------------------------------------------------------
