@@ -55,7 +55,7 @@ def check_device(preference: str | None) -> None:
         return
     match = re.fullmatch(r"cuda(?::(\d+))?", preference)
     if match is None:
-        raise MmbenchError(f"--device {preference!r}: expected auto, cpu, cuda or cuda:N")
+        raise MmbenchError(f"--device {preference}: expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise MmbenchError(f"--device {preference}: CUDA is not available on this machine")
     if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
