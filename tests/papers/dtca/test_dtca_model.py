@@ -203,3 +203,21 @@ def test_joint_loss_is_eq22_and_switches_change_it():
     tags = model.decode(batch)["tags"]
     first = logits.gather(1, batch["word_index"].unsqueeze(-1).expand(-1, -1, 5)).argmax(-1)
     assert tags == [first[0].tolist(), first[1, :1].tolist()]
+
+
+def test_prefix_tokens_come_from_the_encoder_output_not_its_name():
+    """facebook/deit-base-patch16-224 is a ViT checkpoint (one [CLS]); a distilled DeiT has two prefix
+    tokens; Swin's last-stage grid has none. Counted as sequence length − patch grid."""
+    from transformers import DeiTConfig, DeiTModel, SwinConfig, SwinModel, ViTConfig, ViTModel
+
+    from mmbench.papers.dtca.encoders import prefix_tokens
+
+    common = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8)
+    assert prefix_tokens(ViTModel(ViTConfig(**common), add_pooling_layer=False), 32) == 1
+    assert prefix_tokens(DeiTModel(DeiTConfig(**common), add_pooling_layer=False), 32) == 2
+    swin = SwinModel(SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=4))
+    assert prefix_tokens(swin, 32) == 0  # 8×8 patches merged once: a 4×4 grid, all patches
+    vit = ViTModel(ViTConfig(**common, hidden_dropout_prob=0.5)).train()
+    state = torch.get_rng_state()
+    prefix_tokens(vit, 32)
+    assert torch.equal(state, torch.get_rng_state()) and vit.training  # no dropout draws, mode restored

@@ -1,6 +1,7 @@
 """DTCA end to end on synthetic Twitter data (TomBERT's raw format, tiny random encoders): smoke
 training learns, the released-code variant runs, every table row resolves, encoder choices of
-Figure 5 build, images follow the ViT processor and the missing-image policy, Figure 4 plots."""
+Figure 5 build, images follow the ViT processor and the missing-image policy, the optimiser sees the
+recipe's warm-up/decay schedule, and β = 0 trains differently from β > 0."""
 
 from __future__ import annotations
 
@@ -88,13 +89,17 @@ def test_every_table_row_resolves_for_both_datasets():
     assert ablation["w/o TE"] == ["model.alpha=0.0", "model.beta=1.0"]  # §3.5
 
 
-@pytest.mark.parametrize("override", ["model.image_encoder=microsoft/swin-base-patch4-window7-224-in22k",
+@pytest.mark.parametrize("override", ["model.image_encoder=microsoft/swin-tiny-patch4-window7-224",
                                       "model.image_encoder=facebook/deit-base-patch16-224",
                                       "model.text_encoder=albert-base-v2", "model.text_encoder=google/electra-base-discriminator"])
 def test_figure5_encoders_build_and_step_with_tiny_stand_ins(override):
     session = build_session(resolve("dtca/twitter15", [*FAST, "data.subset=20", override], smoke=True), seed=0)
     model = session.model
     batch = session.method.collate(session.method.examples["train"][:2])
+    if next(model.parameters()).dtype == torch.float64:  # smoke runs compute in float64 (the engine casts batches)
+        from mmbench.engine.precision import to_float64
+
+        batch = to_float64(batch)
     encoded = model.encode(batch)
     if "swin" in override:  # 16-d tiny Swin projected to the 32-d text width; no [CLS] to drop
         assert isinstance(model.image_projection, torch.nn.Linear) and encoded["image"].shape[1:] == (16, 32)
@@ -121,3 +126,43 @@ def test_pixels_follow_vit_normalisation_and_missing_image_policy(tmp_path):
     assert method._pixels("nope.jpg").abs().sum() == 0
 
 
+
+
+def test_the_optimiser_sees_the_recipes_warmup_and_decay_horizon(tmp_path, monkeypatch):
+    """'Warmup decay of 0.1' (recipe: linear_warmup, warmup_ratio 0.1 over train.epochs): at every step
+    the optimiser's lr is base · (s+1)/W during warm-up, then base · (T − s)/(T − W), with T = epochs ×
+    steps per epoch of THIS run and W = ⌊0.1·T⌋; early stopping does not shorten T."""
+    from mmbench.papers.dtca.method import DTCA
+
+    seen = []
+    original = DTCA.train_step
+
+    def recording(self, model, batch, step):
+        seen.append(step.optimizers["main"].param_groups[0]["lr"])
+        return original(self, model, batch, step)
+
+    monkeypatch.setattr(DTCA, "train_step", recording)
+    resolved = resolve("dtca/twitter15", [*FAST, "data.subset=60", "train.epochs=5", "train.patience=1"], smoke=True)
+    schedule = resolved.recipe.train.optimizers["main"].schedule
+    assert (schedule.name, schedule.warmup_ratio) == ("linear_warmup", 0.1)
+    result = fit(resolved, seed=0, root=tmp_path / "runs", log=lambda _: None)
+    per_epoch = -(-result["examples"]["train"] // resolved.recipe.train.batch_size)
+    total, base = per_epoch * resolved.recipe.train.epochs, resolved.recipe.train.optimizers["main"].lr
+    warmup = int(0.1 * total)
+    expected = [base * ((s + 1) / warmup if s < warmup else (total - s) / (total - warmup)) for s in range(len(seen))]
+    assert len(seen) == per_epoch * result["epochs_run"] and warmup >= 2
+    assert seen == pytest.approx(expected, rel=1e-12)
+    assert max(seen) == pytest.approx(base)
+
+
+def test_smoke_run_with_beta_zero_differs_from_beta_positive(tmp_path):
+    """TPA is alive in a smoke run: β = 0.6 moves the other loss terms, not just adds its own (with the
+    literal eq (15) cost, `model.ot_cost=nmse`, the CRF loss moves by ~1e-5 relative: inert)."""
+    runs = {}
+    for beta in ("0.0", "0.6"):
+        resolved = resolve("dtca/twitter15", ["data.subset=60", "train.batch_size=8", "train.epochs=2", f"model.beta={beta}"], smoke=True)
+        runs[beta] = fit(resolved, seed=0, root=tmp_path / "runs", log=lambda _: None)["final_train"]
+    assert "ot_loss" not in runs["0.0"] and runs["0.6"]["ot_loss"] > 0.1
+    for term, at_least in (("crf_loss", 1e-3), ("text_loss", 1e-2)):
+        change = abs(runs["0.6"][term] - runs["0.0"][term]) / runs["0.0"][term]
+        assert change > at_least, (term, change, runs)
