@@ -55,7 +55,7 @@ def test_untrained_tagger_scores_low(tmp_path):
 def test_text_only_taggers_train(tmp_path):
     for overrides in (["model.tagger=text_softmax", "model.image_encoder=null", "model.alpha=1.0", "model.beta=0.0"],
                       ["model.tagger=text_crf", "model.image_encoder=null", "model.alpha=0.0", "model.beta=0.0"]):
-        resolved = resolve("dtca/twitter17", [*FAST, "train.epochs=2", *overrides], smoke=True)
+        resolved = resolve("dtca/twitter17", [*FAST, "train.epochs=3", *overrides], smoke=True)
         result = fit(resolved, seed=0, root=tmp_path / "runs", log=lambda _: None)
         assert result["metrics"]["test"]["f1"] > 20, (overrides, result["metrics"]["test"])
         assert result["final_train"].keys() == ({"loss", "text_loss"} if "text_softmax" in overrides[0] else {"loss", "crf_loss", "text_loss"})
