@@ -71,18 +71,27 @@ def recover(ckpt_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def read_state(path: Path, map_location="cpu") -> dict:
-    """A checkpoint's state dict, loaded with weights_only=True; anything else is one line naming the file."""
+def load_plain(path: Path, map_location="cpu"):
+    """torch.load(weights_only=True): tensors and plain Python values only; any failure is one line."""
+    path = Path(path)
     if not path.is_file():
         raise MmbenchError(f"{path}: checkpoint not found" if not path.exists() else f"{path}: not a checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MmbenchError(f"{path}: refusing to load: not a plain-tensor checkpoint ({first})") from None
+        raise MmbenchError(f"{path}: refusing to load: not a plain-tensor checkpoint ({_first_line(exc)})") from None
     except (RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError, IndexError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MmbenchError(f"{path}: unreadable checkpoint, truncated or not written by mmbench ({first})") from None
+        raise MmbenchError(f"{path}: unreadable checkpoint, truncated or not written by mmbench ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_state(path: Path, map_location="cpu") -> dict:
+    """A checkpoint written by save_checkpoint, loaded with weights_only=True."""
+    state = load_plain(path, map_location)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(state.get("loop", {}), dict):
         raise MmbenchError(f"{path}: not an mmbench checkpoint (no model state)")
     return state
@@ -98,8 +107,7 @@ def load_checkpoint(path: Path, model, optimizers: dict | None = None, scheduler
         for name, sched in (schedulers or {}).items():
             sched.load_state_dict(state["schedulers"][name])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MmbenchError(f"{path}: does not fit this run's model or optimisers ({first})") from None
+        raise MmbenchError(f"{path}: does not fit this run's model or optimisers ({_first_line(exc)})") from None
     if restore_rng:
         set_rng_state(state["rng"])
     return state.get("loop", {})
