@@ -31,7 +31,7 @@ def _time(fn, repeat: int, device: str) -> float:
 def bench_ot(device: str, batch: int, tokens: int, patches: int, dim: int, repeat: int) -> None:
     import ot
 
-    from mmbench.papers.dtca.alignment import ipot_loss, nmse_cost, wasserstein_loss
+    from mmbench.papers.dtca.alignment import eq15_cost, ipot_loss, wasserstein_loss
 
     text = torch.randn(batch, tokens + 2, dim, device=device, requires_grad=True)
     image = torch.randn(batch, patches, dim, device=device, requires_grad=True)
@@ -39,13 +39,13 @@ def bench_ot(device: str, batch: int, tokens: int, patches: int, dim: int, repea
     mask[:, 1 : tokens + 1] = True
 
     def emd():
-        wasserstein_loss(text, image, mask, cost="nmse").backward()
+        wasserstein_loss(text, image, mask, cost="unit").backward()  # the paper variant's default
 
     def ipot():
         ipot_loss(text, image, mask).backward()
 
     def sinkhorn():
-        cost = torch.stack([nmse_cost(text[b, 1 : tokens + 1], image[b], power=1) for b in range(batch)])
+        cost = torch.stack([eq15_cost(text[b, 1 : tokens + 1], image[b], "unit") for b in range(batch)])
         res = ot.solve_batch(M=cost, reg=0.01, method="log_sinkhorn", grad="envelope")
         res.value_linear.mean().backward()
 
