@@ -7,7 +7,12 @@ step 1 optimises λ·L_ce + L_cli + L_clt (eqs 4, 5, 7); a second forward pass t
 image-text alignment and, when it is poor, a separate step optimises L_clm (eq 6).
 
 Batch-level fusion: CMF attends across the batch, so a prediction depends on its batch. Evaluation
-therefore uses fixed batches (`train.eval_batch_size`) in file order on one process.
+therefore uses fixed batches in file order on one process, of the training batch size unless
+`train.eval_batch_size` says otherwise (the recipes leave it unset, as the released code does).
+
+Logged per step (averaged per epoch into log.jsonl and metrics.json's final_train): `inter_step_fraction`
+(1 when Algorithm 1's L_clm step ran), the condition's c / B² and α·c_mask / B², and the step-1 batch's
+IID/TTD/ITD; `sppscl_trace.jsonl` keeps each step's row (Figure 4's distances during training).
 """
 
 from __future__ import annotations
