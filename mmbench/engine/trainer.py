@@ -54,7 +54,8 @@ def build_session(resolved, seed: int, device: str | None = None, world: World |
     method = method_cls(recipe, resolved.model_config, data, manifest, ctx)
     method.setup()
     model = method.build_model().to(dev)
-    if _is_float64(resolved):
+    if _is_float64(resolved) and torch.get_default_dtype() == torch.float64:
+        # inside `fit`/`evaluate_run` (float64_compute); a session built directly (tests, tools) stays fp32
         model = model.to(torch.float64)
     return Session(method, model, ctx, manifest)
 
