@@ -58,7 +58,8 @@ class DTCAConfig(BaseModel):
     crf_reduction: Literal["mean", "sum_div10"] = "mean"
     decode: Literal["viterbi", "argmax"] = "viterbi"
     # evaluation: released `cal_f1` counts a sentence's gold pairs as a set; its log keeps the text-only
-    # head's best F1 over the epochs evaluated (`text_best_metric`), apart from the main head's epoch
+    # head's best F1 over the epochs evaluated (`text_best_metric`), apart from the main head's epoch:
+    # `own_best` adds text_best_f1/precision/recall (best so far over this run's evaluations of a split)
     gold_as_set: bool = False
     text_metrics_epoch: Literal["selected", "own_best"] = "selected"
 
@@ -177,11 +178,12 @@ class DTCA(Method):
         as_set = self.config.gold_as_set
         main = span_f1(gold, [[tuple(t) for t in p["pred"]] for p in predictions], as_set)
         text = span_f1(gold, [[tuple(t) for t in p["text_pred"]] for p in predictions], as_set)
-        if self.config.text_metrics_epoch == "own_best":  # best over this run's evaluations of the split
-            best = getattr(self, "_text_best", {})
+        extra = {}
+        if self.config.text_metrics_epoch == "own_best":  # best over this run's evaluations of the split so far
+            best = self.__dict__.setdefault("_text_best", {})
             if split not in best or text["f1"] > best[split]["f1"]:
                 best[split] = text
-            self._text_best, text = best, best[split]
+            extra = {f"text_best_{k}": best[split][k] for k in ("f1", "precision", "recall")}
         return {"f1": main["f1"], "precision": main["precision"], "recall": main["recall"],
                 "text_f1": text["f1"], "text_precision": text["precision"], "text_recall": text["recall"],
-                "gold_aspects": main["gold"], "gold_truncated": float(self.truncated.get(split, 0))}
+                "gold_aspects": main["gold"], "gold_truncated": float(self.truncated.get(split, 0)), **extra}

@@ -221,3 +221,21 @@ def test_prefix_tokens_come_from_the_encoder_output_not_its_name():
     state = torch.get_rng_state()
     prefix_tokens(vit, 32)
     assert torch.equal(state, torch.get_rng_state()) and vit.training  # no dropout draws, mode restored
+
+
+def test_official_metrics_gold_as_set_and_text_head_at_its_own_best_epoch():
+    from mmbench.papers.dtca.method import DTCA
+
+    method = DTCA.__new__(DTCA)
+    method.config, method.truncated = DTCAConfig(gold_as_set=True, text_metrics_epoch="own_best"), {}
+    gold = [[0, 0, 2], [0, 0, 2], [3, 4, 1]]  # an aspect annotated twice: counted once, as cal_f1 does
+
+    def epoch(text_pred):
+        return method.metrics([{"gold": gold, "pred": [[0, 0, 2]], "text_pred": text_pred}], "test")
+
+    good, bad = epoch([[0, 0, 2], [3, 4, 1]]), epoch([])
+    assert good["gold_aspects"] == 2 and good["recall"] == 50.0
+    assert good["text_f1"] == good["text_best_f1"] == 100.0
+    assert bad["text_f1"] == 0.0 and bad["text_best_f1"] == 100.0  # the released text_best_metric keeps its best
+    method.config = DTCAConfig()  # paper variant: every gold item counts, no running best
+    assert epoch([])["gold_aspects"] == 3 and "text_best_f1" not in epoch([])

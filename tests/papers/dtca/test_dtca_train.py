@@ -5,6 +5,8 @@ recipe's warm-up/decay schedule, and β = 0 trains differently from β > 0."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -62,7 +64,7 @@ def test_text_only_taggers_train(tmp_path):
 
 
 def test_official_variant_runs_and_is_not_reportable(tmp_path):
-    resolved = resolve("dtca/twitter15-official", [*FAST, "train.epochs=1", "data.subset=40"], smoke=True)
+    resolved = resolve("dtca/twitter15-official", [*FAST, "train.epochs=3", "data.subset=40"], smoke=True)
     assert resolved.recipe.variant == "official" and resolved.recipe.train.select_split == "test"
     assert not resolved.recipe.reportable
     session = build_session(resolved, seed=0)
@@ -74,6 +76,12 @@ def test_official_variant_runs_and_is_not_reportable(tmp_path):
     assert torch.isfinite(terms["loss"]) and terms["ot_loss"] > 0
     result = fit(resolved, seed=0, root=tmp_path / "runs", log=lambda _: None)
     assert result["variant"] == "official" and not result["reportable"]
+    assert resolved.recipe.train.seeds == [0] and resolved.recipe.train.precision == "fp32"  # one run, as released
+    # the text head at its own best test epoch (released `text_best_metric`), over every test evaluation
+    import json
+
+    logged = [row["test"]["text_f1"] for row in map(json.loads, (Path(result["run_dir"]) / "log.jsonl").read_text().splitlines())]
+    assert result["metrics"]["test"]["text_best_f1"] == pytest.approx(max(logged + [result["metrics"]["test"]["text_f1"]]))
 
 
 def test_every_table_row_resolves_for_both_datasets():
