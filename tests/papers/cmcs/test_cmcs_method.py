@@ -195,6 +195,7 @@ def test_real_twitter2015_rows_through_cmcs_setup(mm_env, tmp_path):
     from tests.conftest import real_path
 
     raw = real_path("TomBERT", "absa_data", "twitter2015")
+    (tmp_path / "images").mkdir()  # an empty images folder: prepare refuses a missing one
     prepare("twitter15", raw=raw, images=tmp_path / "images")
     tiny = ["model.text_encoder=tiny-bert", "model.image_encoder=tiny-clip", f"data.images={tmp_path / 'images'}"]
     with pytest.raises(DataError, match=r"images/\S+\.jpg is missing"):
