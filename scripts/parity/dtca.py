@@ -25,7 +25,6 @@ encoder weights are redrawn larger than their init so attention is far from unif
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import types
@@ -215,22 +214,9 @@ def run_official(folder: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", type=Path, default=ROOT.parent / "shared" / "official" / "windforfurture-DTCA")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / "dtca.pt")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    fixture = run_official(args.official)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
-    torch.set_default_dtype(torch.float32)
-    sys.path.insert(0, str(ROOT / "tests" / "papers" / "dtca"))
-    from test_parity_dtca import compare  # our official variant on the same fixture
+    from _fixture import fixture_main
 
-    worst = compare(torch.load(args.out, weights_only=True))
-    print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB); largest |ours - released| per check:")
-    for key, value in worst.items():
-        print(f"  {key:32s} {value:.2e}")
+    fixture_main(__doc__, "dtca", "windforfurture-DTCA", run_official)
 
 
 if __name__ == "__main__":
