@@ -12,7 +12,9 @@ from mmbench.recipes.schema import OptimizerCfg, ScheduleCfg
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln.weight")
 
 
-def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimizerCfg) -> torch.optim.Optimizer:
+def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimizerCfg,
+                    fused: bool = False) -> torch.optim.Optimizer:
+    """`fused`: Adam/AdamW's fused CUDA kernel (train.fused_optimizer on CUDA; other optimisers ignore it)."""
     params = [(n, p) for n, p in named_params if p.requires_grad]
     if cfg.no_decay_bias_norm:
         decay = [p for n, p in params if not n.endswith(_NO_DECAY)]
@@ -21,10 +23,11 @@ def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg:
     else:
         groups = [{"params": [p for _, p in params], "weight_decay": cfg.weight_decay}]
     groups = [g for g in groups if g["params"]]
+    kernel = {"fused": True} if fused else {}
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel)
     if cfg.name == "bertadam":
         return BertAdam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, warmup=cfg.warmup, t_total=cfg.t_total)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.betas[0])

@@ -15,6 +15,8 @@ from mmbench.engine.checkpoint import load_checkpoint, pending_best, promote_bes
 from mmbench.engine.method import Method, RunContext, StepControl
 from mmbench.engine.optim import build_optimizer, build_scheduler
 from mmbench.engine.precision import FLOAT64, effective_precision, float64_compute, to_float64
+from mmbench.engine.prefetch import eval_loader, train_loader
+from mmbench.engine.throughput import EpochMeter, apply_gpu_switches, fused_optimizer, run_summary
 from mmbench.engine.runtime import World, barrier, check_device, gather_objects, init_world, pick_device, pick_precision, seed_everything
 from mmbench.errors import MmbenchError
 from mmbench.results import store
@@ -64,11 +66,10 @@ def _is_float64(resolved) -> bool:
     return effective_precision(resolved.recipe.train.precision, resolved.smoke) == FLOAT64
 
 
-def _batches(session: Session, batches):
-    """A method's batches, cast to float64 when the run computes in float64."""
-    if session.ctx.autocast_dtype is None and torch.get_default_dtype() == torch.float64:
-        return (to_float64(batch) for batch in batches)
-    return batches
+def _cast(session: Session):
+    """Batches are cast to float64 when the run computes in float64; the background loader
+    (engine.prefetch) applies this on its worker, before the step sees the batch."""
+    return to_float64 if session.ctx.autocast_dtype is None and torch.get_default_dtype() == torch.float64 else None
 
 
 def _set_threads(smoke: bool) -> None:
@@ -104,7 +105,7 @@ def evaluate(session: Session, model: torch.nn.Module, split: str) -> tuple[dict
     model.eval()
     predictions: list[dict] = []
     with torch.no_grad(), session.ctx.autocast():
-        for batch in _batches(session, session.method.eval_batches(split)):
+        for batch in eval_loader(session.method, split, session.method.recipe.train.loader, _cast(session), session.ctx.autocast):
             predictions.extend(session.method.predict(model, batch))
     predictions = sorted(gather_objects(session.ctx.world, predictions), key=lambda p: p["index"])
     if len(predictions) != session.method.num_examples(split):
@@ -161,13 +162,15 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
 
     steps_per_epoch = method.steps_per_epoch()
     total_steps = steps_per_epoch * train.epochs
-    optimizers = {name: build_optimizer(method.parameters_for(model, name), train.optimizers[name]) for name in method.optimizer_names}
+    optimizers = {name: build_optimizer(method.parameters_for(model, name), train.optimizers[name], fused_optimizer(train, ctx.device))
+                  for name in method.optimizer_names}
     schedulers = {name: build_scheduler(opt, train.optimizers[name].schedule, total_steps, steps_per_epoch)
                   for name, opt in optimizers.items()}
     wrapped = model
     if ctx.world.distributed:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
+    wrapped = apply_gpu_switches(train, ctx.device, wrapped)  # TF32, torch.compile (engine.throughput)
 
     loop = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False, "history": []}
     if resume and (ckpt_dir / "last.pt").exists():
@@ -190,7 +193,8 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         counts: dict[str, int] = {}  # keys some steps report (e.g. an upper-level step every H) average over those
         n_steps = 0
         control.epoch = epoch
-        for batch in _batches(session, method.train_batches(epoch)):
+        meter = EpochMeter(steps_per_epoch, f"epoch {epoch + 1}/{train.epochs}", ctx.device, log, is_main, ctx.world.size)
+        for batch in meter.batches(train_loader(method, epoch, train.loader, _cast(session))):
             control.global_step = loop["global_step"]
             for key, value in method.train_step(wrapped, batch, control).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
@@ -211,7 +215,7 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
             loop["bad_epochs"] += 1
         row = {"epoch": epoch, "steps": n_steps, "train": {k: v / counts[k] for k, v in sums.items()},
                train.select_split: select_metrics, "lr": {n: s.get_last_lr()[0] for n, s in schedulers.items()},
-               "seconds": round(time.time() - epoch_start, 3)}
+               "seconds": round(time.time() - epoch_start, 3), "throughput": meter.summary()}
         history.append(row)
         loop["epoch"] = epoch + 1
         stop = train.patience is not None and loop["bad_epochs"] >= train.patience
@@ -267,7 +271,7 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         "final_train": history[-1]["train"] if history else {},
         "data_manifest": {k: session.manifest.get(k) for k in ("counts", "raw_files", "count_check")},
         "timing": {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.time() - eval_start, 3),
-                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run_summary(history)},
         "environment": store.environment(ctx.device, "fp64" if _is_float64(resolved) else str(ctx.autocast_dtype or "fp32"), ctx.world.size),
     }
     if is_main:

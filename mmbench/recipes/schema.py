@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 class Strict(BaseModel):
@@ -55,6 +55,14 @@ class OptimizerCfg(Strict):
         return self
 
 
+class LoaderCfg(Strict):
+    """Background loading (mmbench.engine.prefetch): speed only, the batches and their order never change."""
+
+    prefetch: int = Field(default=2, ge=0)  # batches assembled ahead of the step; 0: in the loop, as before
+    workers: int = Field(default=1, ge=1)  # collate threads (> 1 for methods that keep the engine's batch plan)
+    pin_memory: bool = True  # CUDA: page-locked host copies, non-blocking transfers on a side stream
+
+
 class TrainCfg(Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -75,6 +83,26 @@ class TrainCfg(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "auto"
     shuffle: bool = True
     drop_last: bool = False
+    loader: LoaderCfg = Field(default_factory=lambda: LoaderCfg())
+    # GPU efficiency switches (mmbench.engine.throughput; CUDA only, a CPU run ignores them but `compile`).
+    # Left at these defaults they stay out of the config hash, so earlier runs keep their directories.
+    compile: bool = False  # torch.compile the training forward (evaluation stays eager)
+    tf32: bool = False  # fp32 runs: matmuls/convolutions on TF32 tensor cores (~1e-3 relative rounding); bf16 unaffected
+    fused_optimizer: bool = True  # Adam/AdamW: one fused CUDA kernel per step (same update, last-bit rounding)
+
+    @model_serializer(mode="wrap")
+    def _speed_only_keys_out(self, handler):
+        """`loader` changes speed only (batches and their order are the same): never in a dump, so
+        never in the config hash; GPU switches only when set away from their defaults."""
+        data = handler(self)
+        data.pop("loader", None)
+        for key, default in _GPU_DEFAULTS.items():
+            if data.get(key) == default:
+                data.pop(key)
+        return data
+
+
+_GPU_DEFAULTS = {"compile": False, "tf32": False, "fused_optimizer": True}
 
 
 class DataCfg(Strict):

@@ -47,7 +47,7 @@ def _comparable(run: Path) -> dict[str, object]:
         metrics.pop(key, None)
     for key in ("git_commit", "git_dirty"):  # other work in the checkout may commit between two runs
         metrics["environment"].pop(key, None)
-    log = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in (run / "log.jsonl").read_text().splitlines()]
+    log = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "throughput")} for line in (run / "log.jsonl").read_text().splitlines()]
     return {"metrics.json": metrics, "log.jsonl": log,
             **{name: (run / name).read_bytes() for name in COMPARED if name.startswith("predictions")}}
 
