@@ -306,7 +306,7 @@ def regress(update: bool = typer.Option(False, help="re-run and rewrite the gold
     typer.echo("goldens: all metrics within their bands")
 
 
-@app.command()
+@app.command(context_settings={"ignore_unknown_options": True})  # --options after the name go to the script
 @cli_errors
 def bench(name: Optional[str] = typer.Argument(None, help="benchmark script under benchmarks/ (default: list them)"),
           args: List[str] = typer.Argument(None, help="arguments passed to the benchmark")):
@@ -317,6 +317,7 @@ def bench(name: Optional[str] = typer.Argument(None, help="benchmark script unde
 
     folder = benchmarks_dir()
     scripts = sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_"))
+    name = {"input": "input_pipeline", "vs-official": "vs_official"}.get(name, name)  # `bench input dtca`, `bench vs-official itm`
     if name is None:
         for script in scripts:
             typer.echo(script)

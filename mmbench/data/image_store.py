@@ -20,6 +20,7 @@ that cannot be decoded fails the build with its path (nothing half-built is ever
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -108,14 +109,17 @@ class ImageStore:
             except Exception as exc:  # a processor error on one of these files: say which ones
                 raise DataError(f"{names[0]}…{names[-1]}: image processor failed ({exc})") from None
 
-        shape = decode(0)[1]["pixels"].shape[1:]
+        first = decode(0)  # its shape sizes the array
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decodes and resizes without the GIL
-            cache.build(len(files), {"pixels": (tuple(shape), "uint8")}, pool.map(decode, range(0, len(files), chunk)))
+            rest = pool.map(decode, range(chunk, len(files), chunk))
+            cache.build(len(files), {"pixels": (tuple(first[1]["pixels"].shape[1:]), "uint8")}, itertools.chain([first], rest))
 
     def uint8(self, paths: Sequence[str | Path | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 pixels [B, 3, H, W] read from the map, present [B] bool); blanks are black."""
         present = torch.tensor([p is not None for p in paths], dtype=torch.bool)
         rows = [self.rows[str(p)] for p in paths if p is not None]
+        if len(rows) == len(paths):  # no blanks: one gather from the map, no extra copy
+            return torch.from_numpy(np.ascontiguousarray(self.pixels[np.asarray(rows)])), present
         out = torch.zeros((len(paths), *self.shape), dtype=torch.uint8)
         if rows:
             out[present] = torch.from_numpy(np.ascontiguousarray(self.pixels[np.asarray(rows)]))
@@ -148,3 +152,18 @@ class ImageStore:
         if blank == "zeros" and not bool(present.all()):
             out[~present.to(out.device)] = 0
         return out
+
+
+def image_paths(root: Path, image_ids: Sequence[str], policy: str = "error", substitute: str | None = None) -> dict[str, str | None]:
+    """Each image id's file under the recipe's `data.missing_image` policy; None: a blank (policy `blank`)."""
+    from mmbench.data.images import resolve_image
+
+    out: dict[str, str | None] = {}
+    for image_id in dict.fromkeys(image_ids):
+        try:
+            out[image_id] = str(resolve_image(Path(root), image_id, policy, substitute))
+        except DataError:
+            if policy != "blank":
+                raise
+            out[image_id] = None
+    return out
