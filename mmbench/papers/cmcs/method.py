@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmbench.data.image_store import ImageStore
 from mmbench.data.images import load_rgb, resolve_image, safe_image_path
 from mmbench.encoders.text import load_text_encoder
 from mmbench.data.collate import pad_sequences
@@ -107,6 +108,9 @@ class CMCS(Method):
             self.clip, self.image_processor, self.clip_tokenizer = load_clip(cfg.image_encoder)
             self.images_root = Path(self.recipe.data.images or self.manifest["images_root"])
         self.examples = {split: self._encode(self.data[split]) for split in ("train", "dev", "test")}
+        # every image decoded and resized once into a content-keyed uint8 memmap (mmbench.data.image_store)
+        paths = [e.get("image_path") for split in self.examples.values() for e in split]
+        self.pixel_store = ImageStore.open(paths, self.image_processor) if any(paths) else None
         rng = random.Random(self.ctx.seed)
         dev = list(range(len(self.examples["dev"])))
         self.dev_subset = sorted(rng.sample(dev, min(cfg.dev_subset_size, len(dev))))  # D_dev ⊂ D_v (§3.4)
@@ -155,6 +159,8 @@ class CMCS(Method):
         return str(resolve_image(self.images_root, image_id, data.missing_image, data.substitute_image))
 
     def _pixels(self, paths: list[str | None]) -> torch.Tensor:
+        if self.pixel_store is not None:  # the processor's values, normalised on the device; None: a black image
+            return self.pixel_store.batch(paths, self.ctx.device, blank="black")
         from PIL import Image
 
         images = [load_rgb(Path(p)) if p is not None else Image.new("RGB", (224, 224)) for p in paths]

@@ -94,6 +94,7 @@ class ImageEncoder:
     prefix_tokens: int  # leading [CLS]/distillation tokens before the M patches
     hidden_size: int
     image_size: int
+    processor: object = None  # the Hugging Face image processor behind `preprocess` (the decoded-image store uses it)
 
 
 def load_image(name: str, tiny: bool = False) -> ImageEncoder:
@@ -109,7 +110,7 @@ def load_image(name: str, tiny: bool = False) -> ImageEncoder:
         AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs), AutoImageProcessor.from_pretrained(source)))
     size = model.config.image_size
     return ImageEncoder(model, lambda images: processor(images, return_tensors="pt")["pixel_values"],
-                        prefix_tokens(model, size), _hidden(model), size)
+                        prefix_tokens(model, size), _hidden(model), size, processor)
 
 
 @torch.no_grad()
@@ -149,4 +150,4 @@ def _tiny_image(family: str) -> ImageEncoder:
     # the ViT-in21k processor's normalisation (mean = std = 0.5), at the tiny resolution
     processor = ViTImageProcessor(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return ImageEncoder(model, lambda images: processor(images, return_tensors="pt")["pixel_values"],
-                        prefix_tokens(model, TINY_IMAGE_SIZE), _hidden(model), TINY_IMAGE_SIZE)
+                        prefix_tokens(model, TINY_IMAGE_SIZE), _hidden(model), TINY_IMAGE_SIZE, processor)

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from mmbench.papers.dtca.mabsa import group_rows, tags_to_triples
+from mmbench.data.image_store import ImageStore, image_paths
 from mmbench.data.images import load_rgb, resolve_image
 from mmbench.engine.method import Method, StepControl
 from mmbench.errors import DataError, RecipeError
@@ -94,6 +95,12 @@ class DTCA(Method):
             self.examples[split] = [self._encode(i, s) for i, s in enumerate(self.sentences[split])]
             # gold aspects whose words fall beyond max_length: never predictable, still in the recall denominator
             self.truncated[split] = sum(sum(end >= e["n_kept"] for _, end, _ in e["gold"]) for e in self.examples[split])
+        self.pixel_store = None  # every image decoded and resized once into a content-keyed uint8 memmap (data.image_store)
+        if self.image is not None:
+            self.image_paths = image_paths(self.images_root, [e["image_id"] for s in self.examples.values() for e in s],
+                                           data_cfg.missing_image, data_cfg.substitute_image)
+            if any(self.image_paths.values()) and self.image.processor is not None:
+                self.pixel_store = ImageStore.open(list(self.image_paths.values()), self.image.processor)
 
     def _encode(self, index: int, sentence) -> dict:
         ids, firsts = word_pieces(self.tokenizer, sentence.words, self.config.max_length)
@@ -102,6 +109,8 @@ class DTCA(Method):
                 "image_id": sentence.image_id}
 
     def _pixels(self, image_id: str) -> torch.Tensor:
+        if self.pixel_store is not None and image_id in self.image_paths:  # the processor's values; blank: zeros, as below
+            return self.pixel_store.batch([self.image_paths[image_id]], blank="zeros")[0]
         data_cfg = self.recipe.data
         try:
             path = resolve_image(self.images_root, image_id, data_cfg.missing_image, data_cfg.substitute_image)
