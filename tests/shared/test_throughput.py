@@ -112,3 +112,23 @@ def test_resume_with_background_loading_equals_an_uninterrupted_run(recipe, mm_e
     resumed = fit(resolve(recipe, on, smoke=True), 0, root=mm_env / "crash", resume=True, log=lambda m: None)
     crash_dir = next((mm_env / "crash").glob("*/*/*/seed0-*"))
     assert _comparable(resumed, crash_dir) == _comparable(reference, ref_dir)
+
+
+def test_loader_settings_stay_out_of_the_config_hash_and_gpu_switches_only_when_set():
+    base = resolve("itm/twitter15")
+    assert resolve("itm/twitter15", ["train.loader.prefetch=0", "train.loader.workers=4"]).config_hash == base.config_hash
+    assert "loader" not in base.as_dict()["train"] and "compile" not in base.as_dict()["train"]
+    assert resolve("itm/twitter15", ["train.compile=true"]).config_hash != base.config_hash
+    assert resolve("itm/twitter15", ["train.fused_optimizer=false"]).config_hash != base.config_hash
+
+
+def test_gpu_switches_leave_a_cpu_run_alone():
+    from mmbench.engine.optim import build_optimizer
+    from mmbench.engine.throughput import apply_gpu_switches, fused_optimizer
+
+    train = resolve("itm/twitter15").recipe.train
+    model = torch.nn.Linear(3, 2)
+    assert apply_gpu_switches(train, torch.device("cpu"), model) is model
+    assert fused_optimizer(train, torch.device("cpu")) is False and fused_optimizer(train, torch.device("cuda")) is True
+    optimizer = build_optimizer(model.named_parameters(), train.optimizers["main"], fused=False)
+    assert not optimizer.param_groups[0].get("fused")
