@@ -4,6 +4,7 @@ run our official variant on it (the test module's `compare`) and print the worst
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Callable
@@ -11,6 +12,15 @@ from typing import Callable
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_module(name: str, path: Path):
+    """Import one released source file, unmodified, under a private module name."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def fixture_main(doc: str, paper: str, official_folder: str, run_official: Callable[[Path], dict]) -> None:

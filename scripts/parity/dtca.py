@@ -25,7 +25,6 @@ encoder weights are redrawn larger than their init so attention is far from unif
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -65,12 +64,10 @@ def our_name(name: str) -> str | None:
 def load_official(folder: Path):
     sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))  # shim: imported, never used
 
+    from _fixture import load_module
+
     def load(name: str, file: str):
-        spec = importlib.util.spec_from_file_location(name, folder / file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
+        return load_module(name, folder / file)
 
     return load("dtca_official_model", "model/modeling_dtca.py"), load("dtca_official_metrics", "utils/metrics.py")
 

@@ -20,7 +20,6 @@ Everything runs in float64 so the comparison sees the algorithm, not float32 rou
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -66,12 +65,10 @@ def load_official(folder: Path):
     """Import the released modules under private names, with the from_pretrained shim."""
     from transformers import RobertaConfig, RobertaModel
 
+    from _fixture import load_module
+
     def load(name: str, file: str):
-        spec = importlib.util.spec_from_file_location(name, folder / file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
+        return load_module(name, folder / file)
 
     load("modeling_utils", "modeling_utils.py")  # model.py imports it by this name
     model_mod = load("itm_official_model", "model.py")

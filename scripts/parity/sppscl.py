@@ -27,7 +27,6 @@ small; final weights are stored in float32. Everything runs in float64.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -64,12 +63,7 @@ def load_official(folder: Path):
     resnet.resnet = lambda: torch.nn.Identity()  # the batch's "image" is already the layer-4 map
     sys.modules["sppscl_official.ResNet"] = resnet
 
-    def load(name: str, path: Path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
+    from _fixture import load_module as load
 
     bert = load("sppscl_official.Bert", folder / "model" / "Bert.py")
     bert.BertConfig = types.SimpleNamespace(from_pretrained=lambda path: types.SimpleNamespace())
