@@ -36,8 +36,13 @@ def cache_digest(key: dict) -> str:
 
 class FeatureCache:
     def __init__(self, key: dict, name: str = "features", root: Path | None = None):
-        self.key = key
-        self.dir = (root or data_root() / "cache") / name / cache_digest(key)
+        import torch
+
+        # The compute dtype is part of every key: a frozen encoder run in float64 (smoke runs, see
+        # mmbench.engine.precision) and in float32 gives features that differ in the last bits, and a
+        # cache filled by one must never be read by the other (it would move golden numbers).
+        self.key = {**key, "compute_dtype": str(torch.get_default_dtype())}
+        self.dir = (root or data_root() / "cache") / name / cache_digest(self.key)
 
     @property
     def complete(self) -> bool:

@@ -97,6 +97,7 @@ def prepare_real_shapes(names: list[str], data_root: Path) -> dict[str, dict]:
         spec.write_synthetic(raw, images)
         widened = widen_feature_files(raw)
         enlarged = enlarge_images(images) if images.exists() else 0
-        manifest = prepare(name, raw=raw, images=images, out=prepared_dir(name, True, data_root), synthetic=True)
+        # datasets without images (SCAN's precomputed regions) write no images folder
+        manifest = prepare(name, raw=raw, images=images if images.exists() else None, out=prepared_dir(name, True, data_root), synthetic=True)
         done[name] = {"feature_files_widened": widened, "images_enlarged": enlarged, "counts": manifest["counts"]}
     return done

@@ -10,6 +10,8 @@ The index is built after the tokens, so a complete index implies complete tokens
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -56,7 +58,11 @@ class WordFeatures:
 def word_features(captions: list[str], key: dict, encoder: str, max_length: int, dtype: str,
                   device: torch.device, batch_size: int = 128) -> WordFeatures:
     """Open the cache for these captions, building it first if needed."""
-    key = {**key, "encoder": encoder, "max_length": max_length, "dtype": dtype, "version": CACHE_VERSION}
+    # The captions themselves are part of the key: the same captions file read with `data.subset=N`
+    # gives fewer captions, and a cache built from them must never serve the full split.
+    digest = hashlib.sha256("\n".join(captions).encode("utf-8")).hexdigest()
+    key = {**key, "encoder": encoder, "max_length": max_length, "dtype": dtype, "version": CACHE_VERSION,
+           "n_captions": len(captions), "captions_digest": digest}
     tokens_cache = FeatureCache({**key, "part": "tokens"}, CACHE_NAME)
     index_cache = FeatureCache({**key, "part": "index"}, CACHE_NAME)
     if not (tokens_cache.complete and index_cache.complete):
