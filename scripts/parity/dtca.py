@@ -14,11 +14,12 @@ configuration, and records:
   - `cal_f1` (P, R, F1 and each sentence's predicted pairs) on a fixed set of sub-token predictions.
 `tests/papers/dtca/test_parity_dtca.py` rebuilds our official variant from the fixture and compares.
 
-Shims (the released files stay untouched): torchvision (imported, unused) is a stub module; the
-Trainer's optimiser, schedule and clipping are its own transformers components run in a loop rather
-than `Trainer.train()` (no dataset files, no accelerate); every dropout is 0 (randomness only);
-encoder weights are redrawn larger than their init so attention is far from uniform; the tokenizer's
-`word_ids` is a small stand-in object. Everything runs in float64.
+Shims (the released files stay untouched): where torchvision (imported, unused) is not installed, a
+stub stands in while the released file imports; the Trainer's optimiser, schedule and clipping are its
+own transformers components run in a loop rather than `Trainer.train()` (no dataset files, no
+accelerate); every dropout is 0 (randomness only); encoder weights are redrawn larger than their init
+so attention is far from uniform; the tokenizer's `word_ids` is a small stand-in object. Everything
+runs in float64. `trainer_optimizer` / `trainer_step` serve benchmarks/vs_official.py too.
 
     .venv/bin/python scripts/parity/dtca.py [--official DIR] [--out tests/fixtures/parity/dtca.pt]
 """
@@ -63,15 +64,17 @@ def our_name(name: str) -> str | None:
 
 
 def load_official(folder: Path):
-    import transformers.modeling_utils  # noqa: F401  before the stub: transformers probes torchvision's spec on import
-    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))  # shim: imported, never used
-
+    import transformers.modeling_utils  # noqa: F401  first: it imports torchvision if installed (and probes its spec)
     from _fixture import load_module
 
-    def load(name: str, file: str):
-        return load_module(name, folder / file)
-
-    return load("dtca_official_model", "model/modeling_dtca.py"), load("dtca_official_metrics", "utils/metrics.py")
+    stub = "torchvision" not in sys.modules
+    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))  # shim: imported, never used
+    try:
+        return (load_module("dtca_official_model", folder / "model/modeling_dtca.py"),
+                load_module("dtca_official_metrics", folder / "utils/metrics.py"))
+    finally:
+        if stub:  # only for the released import: a stub left behind breaks transformers' later probes
+            del sys.modules["torchvision"]
 
 
 class WordIds:

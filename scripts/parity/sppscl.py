@@ -19,7 +19,8 @@ not part of the computation); `optimizer.zero_grad()` keeps zero tensors as torc
 version) did, so AdamW moves every parameter in step 2. The head widths are the released hard-coded
 ones (2048-channel map, 768-d BERT states, D = 32); the 2048×128 conv and the 768→64 LSTM input weights
 and the LSTM's hidden weights are drawn low-rank (and compared through projections) to keep the fixture
-small; final weights are stored in float32. Everything runs in float64.
+small; final weights are stored in float32. Everything runs in float64. `released_optimizer` /
+`released_iteration` serve benchmarks/vs_official.py too.
 
     .venv/bin/python scripts/parity/sppscl.py [--official DIR] [--out tests/fixtures/parity/sppscl.pt]
 """
