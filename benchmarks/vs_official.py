@@ -11,11 +11,22 @@ samples/s at the same batch, with data wait below 5 % of step time (every run lo
 log.jsonl `throughput`). On CPU the benchmark runs at a reduced size (`--size small`, the default) and
 only checks that both sides train and how they compare there; GPU numbers await a lent GPU.
 
-Papers: itm (NUSTM/ITM: Coarse2Fine + BertAdam, the alternating VG/Twitter step). DTCA and SPP-SCL
-follow the same pattern once their parity scripts expose the released model at a chosen size.
+Papers (each builder in this file; the released step is the parity script's own function where it has one):
+  itm     NUSTM/ITM: Coarse2Fine + two BertAdam, the alternating VG / Twitter step (2 × batch examples a step).
+  dtca    windforfurture/DTCA: DTCAModel (RoBERTa + ViT, cross-attention, CRF + IPOT joint loss) under main.py's
+          HF Trainer step (`scripts/parity/dtca.py` trainer_optimizer / trainer_step: AdamW over the Trainer's
+          decay groups, linear schedule, clipping at 1.0); ours: recipe dtca/twitter15-official.
+  sppscl  TomorrowJW/SPP-SCL: MSA_Model under train.py's two-step iteration (`scripts/parity/sppscl.py`
+          released_iteration: step 1, second forward, the condition, L_clm step; AdamW, StepLR per epoch);
+          ours: recipe sppscl/mvsa-single-official. Through the parity shims both sides read the same
+          frozen-encoder outputs (ResNet-50 layer-4 maps, BERT layers 9-12) instead of running the frozen
+          encoders, so this times the trained heads and the loop, not the encoders.
+Both sides start from the same weights; with dropout off their losses agree step by step
+(tests/shared/test_bench_vs_official.py). Timing: --warmup steps a side, then --repeats blocks of --steps
+steps, the two sides alternating; samples/s from the median block.
 
-    .venv/bin/python benchmarks/vs_official.py itm [--size small|paper] [--device cpu|cuda] [--steps 5]
-    mmbench bench vs-official itm
+    .venv/bin/python benchmarks/vs_official.py itm|dtca|sppscl [--size small|paper] [--device cpu|cuda] [--steps 10]
+    mmbench bench vs-official dtca
 Prints one JSON object and writes benchmarks/results/vs-official-<paper>-<device>.json.
 """
 
@@ -25,8 +36,10 @@ import argparse
 import importlib
 import json
 import os
+import statistics
 import sys
 import time
+import types
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -41,10 +54,33 @@ ITM_SIZES = {  # paper: roberta-base, 100 Faster R-CNN regions of 2048-d, batch 
 }
 
 
-def _parity(paper: str):
-    sys.path.insert(0, str(ROOT / "scripts" / "parity"))
-    sys.path.insert(0, str(ROOT))
-    return importlib.import_module(paper)
+def _parity(paper: str, test: bool = False):
+    """The parity script of `paper` (its loader, shims and released training step), or with `test` its parity test
+    (how our official variant is built from the released weights and batch)."""
+    for folder in (ROOT / ("tests/papers/" + paper if test else "scripts/parity"), ROOT):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    return importlib.import_module(f"test_parity_{paper}" if test else paper)
+
+
+def _context(device: torch.device, autocast):
+    from mmbench.engine.method import RunContext
+    from mmbench.engine.runtime import World
+
+    ctx = RunContext(device=device, autocast_dtype=None, world=World(), seed=0)
+    ctx.autocast = autocast  # the benchmark's precision, the same context as the released side's
+    return ctx
+
+
+def _our_control(model, params_for, train, names: tuple, ctx):
+    """Our engine's optimisers and schedules from the recipe's `train:` (fused AdamW on CUDA as in a run)."""
+    from mmbench.engine.method import StepControl
+    from mmbench.engine.optim import build_optimizer, build_scheduler
+
+    fused = ctx.device.type == "cuda" and train.fused_optimizer
+    optimizers = {name: build_optimizer(params_for(name), train.optimizers[name], fused) for name in names}
+    schedulers = {name: build_scheduler(opt, train.optimizers[name].schedule, 1000, 100) for name, opt in optimizers.items()}
+    return StepControl(model, optimizers, schedulers, train.grad_clip, train.grad_clip_mode, ctx)
 
 
 def _itm_batches(size: dict, device: torch.device, generator: torch.Generator) -> tuple[dict, dict]:
@@ -73,9 +109,6 @@ def itm(size: dict, device: torch.device, autocast) -> dict:
     """(name → one alternating step) for the released loop and ours; each step sees 2 × batch examples."""
     from transformers import RobertaConfig, RobertaModel
 
-    from mmbench.engine.method import RunContext, StepControl
-    from mmbench.engine.optim import build_optimizer, build_scheduler
-    from mmbench.engine.runtime import World
     from mmbench.papers.itm.method import ITM
     from mmbench.papers.itm.model import ITMNetwork
     from mmbench.recipes.loader import resolve
@@ -122,27 +155,154 @@ def itm(size: dict, device: torch.device, autocast) -> dict:
     ours.load_state_dict({parity.our_name(k): v for k, v in theirs.state_dict().items() if "position_ids" not in k}, strict=False)
     method = ITM.__new__(ITM)  # train_step uses only the config
     method.config = cfg
-    train = resolved.recipe.train
-    optimizers = {name: build_optimizer(ours.named_parameters(), train.optimizers[name], device.type == "cuda" and train.fused_optimizer)
-                  for name in ("aux", "main")}
-    schedulers = {name: build_scheduler(opt, train.optimizers[name].schedule, 1000, 100) for name, opt in optimizers.items()}
-    ctx = RunContext(device=device, autocast_dtype=None, world=World(), seed=0)
-    ctx.autocast = autocast
-    control = StepControl(ours, optimizers, schedulers, train.grad_clip, train.grad_clip_mode, ctx)
+    control = _our_control(ours, lambda name: ours.named_parameters(), resolved.recipe.train, ("aux", "main"), _context(device, autocast))
 
     def mine():
         return method.train_step(ours, {"aux": aux, "main": main}, control)["loss"]
 
     theirs.train(), ours.train()
-    return {"released": released, "ours": mine, "examples_per_step": 2 * size["batch"]}
+    return {"released": released, "ours": mine, "examples_per_step": 2 * size["batch"], "models": (theirs, ours)}
 
 
-PAPERS = {"itm": (itm, ITM_SIZES)}
+DTCA_SIZES = {  # paper: roberta-base, ViT-B/16 at 224 (197 tokens), batch 4, 60 tokens (the released main.py defaults)
+    "small": dict(hidden=128, layers=2, heads=4, ffn=512, vocab=1000, image=32, patch=8, batch=4, length=60),
+    "paper": dict(hidden=768, layers=12, heads=12, ffn=3072, vocab=50265, image=224, patch=16, batch=4, length=60),
+}
+DTCA_TRAINER = dict(lr=2e-5, weight_decay=0.01, max_grad_norm=1.0)  # released main.py / HF Trainer defaults
 
 
-def timed(step, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    for _ in range(warmup):
-        step()
+def _dtca_words(batch: int, length: int, generator: torch.Generator) -> list[list[int]]:
+    """Sub-tokens per word (1-3): row 0 fills the length (the parity inputs need one unpadded row), the others 8-20 words."""
+    rows = []
+    for b in range(batch):
+        words = int(torch.randint(8, 21, (1,), generator=generator))
+        counts: list[int] = []
+        while (sum(counts) < length - 2) if b == 0 else (len(counts) < words):
+            counts.append(int(torch.randint(1, 4, (1,), generator=generator)))
+        rows.append(counts)
+    return rows
+
+
+def dtca(size: dict, device: torch.device, autocast) -> dict:
+    """(name → one training step) for the released DTCAModel under main.py's Trainer step and ours; batch examples a step."""
+    from transformers import RobertaConfig, RobertaModel, ViTConfig, ViTModel
+
+    from mmbench.papers.dtca.method import DTCA
+    from mmbench.papers.dtca.model import DTCAModel
+    from mmbench.recipes.loader import resolve
+
+    parity, test = _parity("dtca"), _parity("dtca", test=True)
+    width = dict(hidden_size=size["hidden"], num_hidden_layers=size["layers"], num_attention_heads=size["heads"],
+                 intermediate_size=size["ffn"])
+    # dropouts as released: roberta-base 0.1, vit-base-patch16-224-in21k 0.0, the cross-attention's own 0.1
+    parity.ROBERTA = {**parity.ROBERTA, **width, "vocab_size": size["vocab"], "max_position_embeddings": 514,
+                      "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+    parity.VIT = {**parity.VIT, **width, "image_size": size["image"], "patch_size": size["patch"]}
+    generator = torch.Generator().manual_seed(1)
+    parity.BATCH, parity.LENGTH, parity.WORDS = size["batch"], size["length"], _dtca_words(size["batch"], size["length"], generator)
+    model_mod, _ = parity.load_official(OFFICIAL / "windforfurture-DTCA")
+    torch.manual_seed(0)
+    theirs = model_mod.DTCAModel(RobertaConfig(**parity.ROBERTA), ViTConfig(**parity.VIT), text_num_labels=parity.TAGS,
+                                 alpha=0.6, beta=0.6).to(device)
+    inputs = parity.make_inputs(generator)
+    forward = {k: v.to(device) for k, v in inputs.items() if k != "word_ids"}
+    optimizer, schedule, _ = parity.trainer_optimizer(theirs, DTCA_TRAINER["lr"], DTCA_TRAINER["weight_decay"], 1000)
+
+    def released():
+        return parity.trainer_step(theirs, forward, optimizer, schedule, DTCA_TRAINER["max_grad_norm"], autocast)
+
+    resolved = resolve("dtca/twitter15-official")
+    cfg = resolved.model_config.model_copy(update={"head_dim": size["hidden"], "max_length": size["length"]})  # released: d_k = hidden
+    text = RobertaModel(RobertaConfig(**parity.ROBERTA), add_pooling_layer=False)
+    image = ViTModel(ViTConfig(**parity.VIT), add_pooling_layer=False)
+    ours = DTCAModel(cfg, text, image, size["hidden"], prefix_tokens=1).to(device)
+    ours.load_state_dict({parity.our_name(k): v for k, v in theirs.state_dict().items() if parity.our_name(k)}, strict=False)
+    method = DTCA.__new__(DTCA)  # train_step uses only the config
+    method.config, method.truncated = cfg, {}
+    batch = {k: v.to(device) for k, v in test.our_batch(inputs, cfg.ot_text_tokens).items()}  # what our collate gives
+    control = _our_control(ours, lambda name: method.parameters_for(ours, name), resolved.recipe.train, ("main",),
+                           _context(device, autocast))
+
+    def mine():
+        return method.train_step(ours, batch, control)["loss"]
+
+    theirs.train(), ours.train()
+    return {"released": released, "ours": mine, "examples_per_step": size["batch"], "models": (theirs, ours)}
+
+
+# paper: the released config.py (batch 64, max_length 202); the widths are hard-coded in the released model
+# (ResNet-50 layer-4 map 2048 × 7 × 7, BERT-base 768-d layers 9-12, D = 32); small: shorter texts, half the batch
+SPPSCL_SIZES = {"small": dict(batch=32, length=66, side=7), "paper": dict(batch=64, length=202, side=7)}
+SPPSCL_TRAIN = dict(lr=1e-4, weight_decay=1e-6, betas=(0.9, 0.999), eps=1e-8, step_size=10, gamma=0.5)  # released config.py, train.py
+
+
+def sppscl(size: dict, device: torch.device, autocast) -> dict:
+    """(name → one two-step iteration) for the released MSA_Model under train.py's loop and ours; batch examples a step.
+    Both read the same frozen-encoder outputs (the parity shims: identity ResNet, BERT states as given)."""
+    from mmbench.papers.sppscl.features import FrozenExtractor
+    from mmbench.papers.sppscl.method import SPPSCL, SPPSCLConfig
+    from mmbench.recipes.loader import resolve
+
+    parity, test = _parity("sppscl"), _parity("sppscl", test=True)
+    model_mod, loss_mod = parity.load_official(OFFICIAL / "TomorrowJW-SPP-SCL")
+    b, n, side = size["batch"], size["length"], size["side"]
+    generator = torch.Generator().manual_seed(1)
+    image = torch.relu(torch.randn(b, 2048, side, side, generator=generator)).to(device)
+    states = (0.5 * torch.randn(b, 4, n, 768, generator=generator)).to(device)
+    labels = torch.randint(0, 3, (b,), generator=generator).to(device)
+    parity._FakeBert.states = states
+    torch.manual_seed(0)
+    theirs = model_mod.MSA_Model(types.SimpleNamespace(dropout=0.2, Bert_path="unused")).to(device)
+    ids = torch.zeros(b, n, dtype=torch.long, device=device)
+    args = (image, ids, torch.zeros_like(ids), torch.ones_like(ids))
+    optimizer, _ = parity.released_optimizer(theirs, SPPSCL_TRAIN)  # StepLR steps once per epoch: not within N steps
+    losses = parity.released_losses(loss_mod, 0.07)
+
+    def released():
+        row = parity.released_iteration(theirs, args, labels, optimizer, losses, autocast, ce_weight=5.0)
+        return float(row["ce"] + row["closs_t"] + row["closs_i"])
+
+    resolved = resolve("sppscl/mvsa-single-official")
+    method = SPPSCL(resolved.recipe, SPPSCLConfig(**resolved.recipe.model), None, {"label_names": ["positive", "neutral", "negative"]},
+                    _context(device, autocast))
+    method.uses_text = method.uses_image = True
+    method.extractor = FrozenExtractor(test.FakeBert(states), torch.nn.Identity(), method.config.encoder_layers)
+    method.image_channels, method.n_labels = 2048, 3
+    ours = method.build_model().to(device)
+    mine_params = dict(ours.named_parameters())
+    with torch.no_grad():
+        for name, value in theirs.named_parameters():
+            if value.requires_grad:
+                target = mine_params[test.our_name(name)]
+                target.copy_(test.our_value(name, value).reshape(target.shape))
+    word_mask = torch.zeros_like(ids)
+    word_mask[:, 1:-1] = 1  # the released slice 1..N of the padded sequence
+    batch = {"labels": labels, "input_ids": ids, "attention_mask": torch.ones_like(ids), "word_mask": word_mask, "pixels": image}
+    control = _our_control(ours, lambda name: method.parameters_for(ours, name), resolved.recipe.train, ("main",), method.ctx)
+
+    def mine():
+        return method.train_step(ours, batch, control)["loss"]
+
+    theirs.train(), ours.train()
+    return {"released": released, "ours": mine, "examples_per_step": b, "models": (theirs, ours)}
+
+
+PAPERS = {"itm": (itm, ITM_SIZES), "dtca": (dtca, DTCA_SIZES), "sppscl": (sppscl, SPPSCL_SIZES)}
+
+
+def without_dropout(*models: torch.nn.Module) -> None:
+    """Every dropout off (modules and the float probabilities attention layers hand to SDPA): then the two sides'
+    losses agree step by step, which shows the benchmark times the same training (tests/shared/test_bench_vs_official.py)."""
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0
+
+
+def timed(step, steps: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per step over `steps` steps, the last loss)."""
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -162,8 +322,9 @@ def main() -> None:
     parser.add_argument("--size", choices=["small", "paper"], default="small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both sides alike (bf16: autocast, CUDA)")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps a block")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timed blocks of --steps steps a side (median)")
     parser.add_argument("--out", help="JSON file (default benchmarks/results/vs-official-<paper>-<device>.json)")
     args = parser.parse_args()
     if not (OFFICIAL).is_dir():
@@ -181,15 +342,25 @@ def main() -> None:
     steps = build(size, device, autocast)
     result = {"benchmark": "vs-official", "paper": args.paper, "size": args.size, **size, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "precision": args.precision, "threads": torch.get_num_threads(), "steps": args.steps}
-    for name in ("released", "ours"):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        seconds, loss = timed(steps[name], args.steps, args.warmup, device)
-        result[f"{name}_samples_per_s"] = round(steps["examples_per_step"] / seconds, 2)
-        result[f"{name}_final_loss"] = round(loss, 4)
-        if device.type == "cuda":
-            result[f"{name}_peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+              "precision": args.precision, "threads": torch.get_num_threads(), "steps": args.steps,
+              "repeats": args.repeats}
+    names = ("released", "ours")
+    for name in names:
+        for _ in range(args.warmup):
+            steps[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.repeats):  # the two sides alternate, so a load change on a shared machine hits both
+        for name in names:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            took, loss = timed(steps[name], args.steps, device)
+            seconds[name].append(took)
+            result[f"{name}_final_loss"] = round(loss, 4)
+            if device.type == "cuda":
+                result[f"{name}_peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    for name in names:
+        result[f"{name}_samples_per_s"] = round(steps["examples_per_step"] / statistics.median(seconds[name]), 2)
+        result[f"{name}_samples_per_s_each_block"] = [round(steps["examples_per_step"] / t, 2) for t in seconds[name]]
     result["ratio_ours_over_released"] = round(result["ours_samples_per_s"] / result["released_samples_per_s"], 2)
     result["goal_ratio_on_h100"] = 2
     result["date"] = time.strftime("%Y-%m-%d")

@@ -14,11 +14,12 @@ configuration, and records:
   - `cal_f1` (P, R, F1 and each sentence's predicted pairs) on a fixed set of sub-token predictions.
 `tests/papers/dtca/test_parity_dtca.py` rebuilds our official variant from the fixture and compares.
 
-Shims (the released files stay untouched): torchvision (imported, unused) is a stub module; the
-Trainer's optimiser, schedule and clipping are its own transformers components run in a loop rather
-than `Trainer.train()` (no dataset files, no accelerate); every dropout is 0 (randomness only);
-encoder weights are redrawn larger than their init so attention is far from uniform; the tokenizer's
-`word_ids` is a small stand-in object. Everything runs in float64.
+Shims (the released files stay untouched): where torchvision (imported, unused) is not installed, a
+stub stands in while the released file imports; the Trainer's optimiser, schedule and clipping are its
+own transformers components run in a loop rather than `Trainer.train()` (no dataset files, no
+accelerate); every dropout is 0 (randomness only); encoder weights are redrawn larger than their init
+so attention is far from uniform; the tokenizer's `word_ids` is a small stand-in object. Everything
+runs in float64. `trainer_optimizer` / `trainer_step` serve benchmarks/vs_official.py too.
 
     .venv/bin/python scripts/parity/dtca.py [--official DIR] [--out tests/fixtures/parity/dtca.pt]
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import sys
 import types
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -62,14 +64,17 @@ def our_name(name: str) -> str | None:
 
 
 def load_official(folder: Path):
-    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))  # shim: imported, never used
-
+    import transformers.modeling_utils  # noqa: F401  first: it imports torchvision if installed (and probes its spec)
     from _fixture import load_module
 
-    def load(name: str, file: str):
-        return load_module(name, folder / file)
-
-    return load("dtca_official_model", "model/modeling_dtca.py"), load("dtca_official_metrics", "utils/metrics.py")
+    stub = "torchvision" not in sys.modules
+    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))  # shim: imported, never used
+    try:
+        return (load_module("dtca_official_model", folder / "model/modeling_dtca.py"),
+                load_module("dtca_official_metrics", folder / "utils/metrics.py"))
+    finally:
+        if stub:  # only for the released import: a stub left behind breaks transformers' later probes
+            del sys.modules["torchvision"]
 
 
 class WordIds:
@@ -136,9 +141,41 @@ def metric_case(metrics_mod, generator: torch.Generator) -> dict:
             "metric_pred_pairs": torch.tensor(pred_pairs)}
 
 
+def trainer_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, t_total: int):
+    """main.py's HF Trainer optimiser: its decay groups, AdamW, linear schedule with 0 warm-up.
+    Returns (optimizer, schedule, names of the no-decay parameters)."""
+    from transformers import Trainer, TrainingArguments, get_linear_schedule_with_warmup
+
+    # shim: TrainingArguments() needs accelerate at init; its dataclass defaults are what main.py leaves
+    field = {f: TrainingArguments.__dataclass_fields__[f].default for f in
+             ("adam_beta1", "adam_beta2", "adam_epsilon", "warmup_steps", "optim", "lr_scheduler_type")}
+    # torch's AdamW (the fused kernel of today's default computes the same update; in 2023 the default
+    # was transformers' own AdamW, the same algorithm with bias correction)
+    assert field["optim"] in ("adamw_torch", "adamw_torch_fused") and field["lr_scheduler_type"] == "linear"
+    assert field["warmup_steps"] == 0
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(field["adam_beta1"], field["adam_beta2"]), eps=field["adam_epsilon"])
+    schedule = get_linear_schedule_with_warmup(optimizer, field["warmup_steps"], t_total)
+    return optimizer, schedule, [n for n, _ in named if n not in decay]
+
+
+def trainer_step(model: torch.nn.Module, inputs: dict, optimizer, schedule, max_grad_norm: float, autocast=nullcontext) -> float:
+    """One Trainer training step: the model's own joint loss, backward, clipping, AdamW, schedule."""
+    with autocast():
+        loss = model(**inputs)["loss"]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
 def run_official(folder: Path) -> dict:
-    from transformers import RobertaConfig, ViTConfig, get_linear_schedule_with_warmup
-    from transformers import Trainer, TrainingArguments
+    from transformers import RobertaConfig, ViTConfig
 
     torch.set_default_dtype(torch.float64)
     model_mod, metrics_mod = load_official(folder)
@@ -177,37 +214,14 @@ def run_official(folder: Path) -> dict:
                 "ot_loss": ot.mean(), "text_loss": text_loss, "loss": out["loss"], "argmax": out["cross_logits"].argmax(-1)}
     assert abs(out["loss"] - (crf + 0.6 * ot.mean() + 0.6 * text_loss)) < 1e-12  # the released eq (22)
 
-    # main.py's Trainer: its decay groups, AdamW, linear schedule with 0 warm-up, clipping at 1.0
-    # shim: TrainingArguments() needs accelerate at init; its dataclass defaults are what main.py leaves
-    field = {f: TrainingArguments.__dataclass_fields__[f].default for f in
-             ("adam_beta1", "adam_beta2", "adam_epsilon", "warmup_steps", "optim", "lr_scheduler_type")}
-    # torch's AdamW (the fused kernel of today's default computes the same update; in 2023 the default
-    # was transformers' own AdamW, the same algorithm with bias correction)
-    assert field["optim"] in ("adamw_torch", "adamw_torch_fused") and field["lr_scheduler_type"] == "linear"
-    assert field["warmup_steps"] == 0
-    args = types.SimpleNamespace(**field, learning_rate=TRAIN["lr"], weight_decay=TRAIN["weight_decay"],
-                                 max_grad_norm=TRAIN["max_grad_norm"])
-    decay = set(Trainer.get_decay_parameter_names(None, model))
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    schedule = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, TRAIN["t_total"])
-    losses = []
-    for _ in range(TRAIN["steps"]):
-        loss = model(**forward_inputs)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    optimizer, schedule, no_decay = trainer_optimizer(model, TRAIN["lr"], TRAIN["weight_decay"], TRAIN["t_total"])
+    losses = [trainer_step(model, forward_inputs, optimizer, schedule, TRAIN["max_grad_norm"]) for _ in range(TRAIN["steps"])]
     expected["step_losses"] = torch.tensor(losses)
     trained = {our_name(n): t.detach().clone() for n, t in model.state_dict().items() if our_name(n)}
     expected.update(metric_case(metrics_mod, torch.Generator().manual_seed(2)))
     return {"roberta": ROBERTA, "vit": VIT, "train": TRAIN, "inputs": inputs, "weights": weights,
             "expected": {k: v.detach() for k, v in expected.items()}, "trained": trained,
-            "no_decay": sorted(our_name(n) for n, _ in named if n not in decay and our_name(n))}
+            "no_decay": sorted(our_name(n) for n in no_decay if our_name(n))}
 
 
 def main() -> None:

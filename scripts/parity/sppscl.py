@@ -19,7 +19,8 @@ not part of the computation); `optimizer.zero_grad()` keeps zero tensors as torc
 version) did, so AdamW moves every parameter in step 2. The head widths are the released hard-coded
 ones (2048-channel map, 768-d BERT states, D = 32); the 2048×128 conv and the 768→64 LSTM input weights
 and the LSTM's hidden weights are drawn low-rank (and compared through projections) to keep the fixture
-small; final weights are stored in float32. Everything runs in float64.
+small; final weights are stored in float32. Everything runs in float64. `released_optimizer` /
+`released_iteration` serve benchmarks/vs_official.py too.
 
     .venv/bin/python scripts/parity/sppscl.py [--official DIR] [--out tests/fixtures/parity/sppscl.pt]
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import types
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -106,6 +108,48 @@ def initial_weights(model: torch.nn.Module, g: torch.Generator) -> dict:
     return {"weights": weights, "factors": factors}
 
 
+def released_optimizer(model: torch.nn.Module, train: dict = TRAIN):
+    """train.py's AdamW over the trainable parameters and its StepLR (stepped once per epoch by the caller)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, train["lr"], betas=train["betas"], eps=train["eps"], weight_decay=train["weight_decay"])
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=train["step_size"], gamma=train["gamma"])
+
+
+def released_losses(loss_mod, tau: float = TRAIN["tau"]) -> tuple:
+    """(CLoss for T, CLoss for I, CLoss_T_I) as train.py builds them."""
+    return loss_mod.CLoss(tau), loss_mod.CLoss(tau), loss_mod.CLoss_T_I(tau)
+
+
+def released_iteration(model, args: tuple, labels: torch.Tensor, optimizer, losses: tuple, autocast=nullcontext,
+                       ce_weight: float = TRAIN["ce_weight"]) -> dict:
+    """One iteration of train.py (step 1, the second forward, the condition, step 2 when it runs); its values, detached."""
+    closs_t, closs_i, t_i = losses
+    zero_grad = lambda: optimizer.zero_grad(set_to_none=False)  # noqa: E731  torch 1.8.1's zero_grad()
+    zero_grad()
+    with autocast():
+        output, _, T, I = model(*args)
+    ce = ce_weight * torch.nn.functional.cross_entropy(output, labels)
+    l_t, l_i = closs_t(T, labels), closs_i(I, labels)
+    (ce + l_t + l_i).backward()
+    optimizer.step()
+    with autocast():
+        _, _, T2, I2 = model(*args)
+    similarity = torch.sigmoid(T2 @ I2.T)
+    d = similarity.diag().sum() / len(labels)
+    count = (similarity < d).double().sum().item()
+    same = (labels[:, None] == labels[None, :]).double().sum().item()
+    run = not count >= int(same * (2 / 3))
+    row = dict(logits=output.detach(), ce=ce.detach(), closs_t=l_t.detach(), closs_i=l_i.detach(), T2=T2.detach(),
+               I2=I2.detach(), count=torch.tensor(count), same=torch.tensor(same), run=torch.tensor(run))
+    if run:
+        zero_grad()
+        l_m = t_i(T2, I2, labels)
+        l_m.backward()
+        optimizer.step()
+        row["closs_t_i"] = l_m.detach()
+    return row
+
+
 def run_official(folder: Path, seed: int) -> dict:
     torch.set_default_dtype(torch.float64)
     model_mod, loss_mod = load_official(folder)
@@ -122,37 +166,15 @@ def run_official(folder: Path, seed: int) -> dict:
     labels = inputs["labels"]
     ids = torch.zeros(B, WORDS + 2, dtype=torch.long)
     args = (image, ids, torch.zeros_like(ids), torch.ones_like(ids))
-    closs_t, closs_i, t_i = loss_mod.CLoss(TRAIN["tau"]), loss_mod.CLoss(TRAIN["tau"]), loss_mod.CLoss_T_I(TRAIN["tau"])
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, TRAIN["lr"], betas=TRAIN["betas"], eps=TRAIN["eps"], weight_decay=TRAIN["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=TRAIN["step_size"], gamma=TRAIN["gamma"])
-    zero_grad = lambda: optimizer.zero_grad(set_to_none=False)  # noqa: E731  torch 1.8.1's zero_grad()
+    optimizer, scheduler = released_optimizer(model)
+    losses = released_losses(loss_mod)
     steps = []
     model.train()
     for _ in range(STEPS):  # train.py's iteration; one batch per epoch, so StepLR steps after each
-        zero_grad()
         row = {"lr": torch.tensor(optimizer.param_groups[0]["lr"])}
-        output, _, T, I = model(*args)
-        ce = TRAIN["ce_weight"] * torch.nn.functional.cross_entropy(output, labels)
-        l_t, l_i = closs_t(T, labels), closs_i(I, labels)
-        (ce + l_t + l_i).backward()
-        optimizer.step()
-        _, _, T2, I2 = model(*args)
-        similarity = torch.sigmoid(T2 @ I2.T)
-        d = similarity.diag().sum() / B
-        count = (similarity < d).double().sum().item()
-        same = (labels[:, None] == labels[None, :]).double().sum().item()
-        run = not count >= int(same * (2 / 3))
-        row.update(logits=output.detach(), ce=ce.detach(), closs_t=l_t.detach(), closs_i=l_i.detach(),
-                   T2=T2.detach(), I2=I2.detach(), count=torch.tensor(count), same=torch.tensor(same), run=torch.tensor(run))
-        if run:
-            zero_grad()
-            l_m = t_i(T2, I2, labels)
-            l_m.backward()
-            optimizer.step()
-            row["closs_t_i"] = l_m.detach()
-        else:
-            row["closs_t_i"] = t_i(T2, I2, labels).detach()  # value only (not applied)
+        row.update(released_iteration(model, args, labels, optimizer, losses))
+        if not row["run"]:
+            row["closs_t_i"] = losses[2](row["T2"], row["I2"], labels).detach()  # value only (not applied)
         scheduler.step()
         steps.append(row)
     model.eval()
