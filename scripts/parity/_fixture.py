@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from mmbench.results.numbers import load_numbers, save_numbers
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,17 +28,17 @@ def load_module(name: str, path: Path):
 def fixture_main(doc: str, paper: str, official_folder: str, run_official: Callable[[Path], dict]) -> None:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--official", type=Path, default=ROOT.parent / "shared" / "official" / official_folder)
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / f"{paper}.pt")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / f"{paper}.safetensors")
     args = parser.parse_args()
     torch.set_num_threads(1)
     fixture = run_official(args.official)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
+    save_numbers(fixture, args.out)
     torch.set_default_dtype(torch.float32)
     sys.path.insert(0, str(ROOT / "tests" / "papers" / paper))
     compare = __import__(f"test_parity_{paper}").compare  # our official variant on the same fixture
 
-    worst = compare(torch.load(args.out, weights_only=True))
+    worst = compare(load_numbers(args.out))
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB); largest |ours - released| per check:")
     for key, value in worst.items():
         print(f"  {key:32s} {value:.2e}")

@@ -22,7 +22,7 @@ and the LSTM's hidden weights are drawn low-rank (and compared through projectio
 small; final weights are stored in float32. Everything runs in float64. `released_optimizer` /
 `released_iteration` serve benchmarks/vs_official.py too.
 
-    .venv/bin/python scripts/parity/sppscl.py [--official DIR] [--out tests/fixtures/parity/sppscl.pt]
+    .venv/bin/python scripts/parity/sppscl.py [--official DIR] [--out tests/fixtures/parity/sppscl.safetensors]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
+from mmbench.results.numbers import save_numbers
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -192,7 +194,7 @@ def run_official(folder: Path, seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", type=Path, default=ROOT.parent / "shared" / "official" / "TomorrowJW-SPP-SCL")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / "sppscl.pt")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / "sppscl.safetensors")
     args = parser.parse_args()
     for seed in range(50):  # the first seed whose three steps take both branches of Algorithm 1's condition
         fixture = run_official(args.official, seed)
@@ -204,7 +206,7 @@ def main() -> None:
     fixture["inputs"] = {k: v.float() if v.is_floating_point() else v for k, v in fixture["inputs"].items()}
     fixture["init"]["weights"] = {k: v.float() for k, v in fixture["init"]["weights"].items() if k not in LOW_RANK}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, args.out)
+    save_numbers(fixture, args.out)
     torch.set_default_dtype(torch.float32)
     print(f"{args.out}: seed {fixture['seed']}, decisions {[bool(s['run']) for s in fixture['steps']]}, "
           f"{args.out.stat().st_size // 1024} KB")

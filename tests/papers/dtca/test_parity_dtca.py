@@ -2,7 +2,7 @@
 
 `scripts/parity/dtca.py` ran the authors' DTCAModel, IPOT and cal_f1 and main.py's HF Trainer
 optimiser (tiny random configuration, float64, dropout 0) and saved inputs, weights and outputs to
-tests/fixtures/parity/dtca.pt. Here our official variant, configured by
+tests/fixtures/parity/dtca.safetensors. Here our official variant, configured by
 recipes/dtca/twitter15-official.yaml, is loaded with the same weights and must reproduce, within 1e-5:
 the emissions and text-head logits, the CRF loss (sum / 10, non-contiguous mask), argmax decoding, the
 IPOT distance with the inverted mask (50 iterations), the joint loss, three optimiser steps (AdamW,
@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "dtca.pt"
+from mmbench.results.numbers import load_numbers
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "dtca.safetensors"
 TOL = 1e-5
 
 
@@ -145,7 +147,7 @@ def compare(fixture: dict) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(FIXTURE, weights_only=True)
+    return load_numbers(FIXTURE)
 
 
 def test_parity_dtca_forward_losses_ipot_and_decoding(fixture):

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mmbench.results.numbers import load_numbers
+
 from mmbench.engine.method import RunContext, StepControl
 from mmbench.engine.optim import build_optimizer, build_scheduler
 from mmbench.engine.runtime import World
@@ -19,7 +21,7 @@ from mmbench.papers.sppscl.losses import alignment_check, inter_supcon, intra_su
 from mmbench.papers.sppscl.method import SPPSCL, SPPSCLConfig
 from mmbench.recipes.loader import resolve
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "sppscl.pt"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "sppscl.safetensors"
 TOL = 1e-5
 D = 32
 
@@ -65,7 +67,7 @@ class FakeBert(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(FIXTURE, weights_only=True)
+    return load_numbers(FIXTURE)
 
 
 @pytest.fixture(autouse=True)
