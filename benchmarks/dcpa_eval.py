@@ -1,24 +1,64 @@
-"""Pairs/second of DCPA's blocked all-pairs evaluator (random weights and features, paper sizes:
-36 regions × 2048 → 256, 16 heads, BERT 768-d words).
+"""Pairs/second of DCPA's all-pairs evaluation, reference path against fast path, in one run (issue 16).
+Random weights and features at paper sizes: 36 regions × 2048 → 256, 16 heads, FFN 1024, BERT 768-d words.
 
-    python benchmarks/dcpa_eval.py                      # CPU, small (100 images × 500 captions)
-    python benchmarks/dcpa_eval.py --device cuda --images 5000 --captions 25000   # COCO 5K on a GPU
+    python benchmarks/dcpa_eval.py                      # CPU: 100 images × 500 captions
+    python benchmarks/dcpa_eval.py --lengths-from data/f30k_precomp/test_caps.txt   # real caption lengths
+    python benchmarks/dcpa_eval.py --device cuda --images 5000 --captions 25000 --bf16 --skip-reference  # COCO 5K
 
-Writes benchmarks/results/dcpa_eval-<device>.json. The issue's goal: COCO 5K (125M pairs) in ≤ 5 min
-on an H100, i.e. ≥ 417k pairs/s.
+- reference: what the evaluator did before issue 16 — captions in file order, `broadcast` pair attention
+  (eqs 2-3 line by line), every block copied to the host, the recipe's former 64 × 256 blocks;
+- fast: captions shortest first, `batched` pair attention, score matrices on the device, blocks by device
+  (method.EVAL_BLOCKS); `--bf16` adds the fast path under a bf16 autocast (float32 score matrices),
+  `--compile` the fast path with torch.compile.
+
+Both paths score the same model on the same inputs; the JSON records their largest score difference and
+whether their R@1/5/10 and RSUM agree. Caption lengths: `--lengths-from` a SCAN captions file (words per
+caption by the SCAN tokeniser's regex), otherwise drawn from a gamma law with Flickr30K test's mean 13.6
+and s.d. 5.8 words (clipped to 3..80). Writes benchmarks/results/dcpa_eval-<device>.json (or --out). The goal: COCO 5K
+(125M pairs) in ≤ 60 s on one H100 in bf16, i.e. ≥ 2.1M pairs/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from mmbench.papers.dcpa.evaluate import blocked_all_pairs
+from mmbench.metrics.retrieval import retrieval_metrics
+from mmbench.papers.dcpa.attention import set_pair_kernel
+from mmbench.papers.dcpa.evaluate import score_all_pairs
+from mmbench.papers.dcpa.method import EVAL_BLOCKS
 from mmbench.papers.dcpa.model import DCPADims, DCPAModel
+from mmbench.papers.dcpa.text import WordFeatures
+
+REFERENCE_BLOCKS = (64, 256)  # recipes/dcpa/_base.yaml's eval blocks before issue 16
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def caption_lengths(n: int, source: str | None, seed: int = 0) -> np.ndarray:
+    if source:
+        lines = Path(source).read_text(encoding="utf-8").splitlines()[:n]
+        if len(lines) < n:
+            raise SystemExit(f"{source}: {len(lines)} captions, --captions asks for {n}")
+        return np.array([max(1, len(WORD.findall(line))) for line in lines])
+    rng = np.random.default_rng(seed)
+    mean, sd = 13.6, 5.8
+    return np.clip(np.rint(rng.gamma((mean / sd) ** 2, sd**2 / mean, n)), 3, 80).astype(int)
+
+
+def timed(device: torch.device, run) -> tuple[float, object]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, out
 
 
 def main() -> None:
@@ -26,12 +66,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--captions", type=int, default=500)
-    parser.add_argument("--words", type=int, default=16, help="tokens per caption (Flickr30K BERT average ≈ 16)")
-    parser.add_argument("--image-block", type=int, default=128)
-    parser.add_argument("--caption-block", type=int, default=512)
+    parser.add_argument("--lengths-from", default=None, help="a SCAN *_caps.txt: take its first captions' lengths")
+    parser.add_argument("--fast-blocks", type=int, nargs=2, default=None, metavar=("IMAGES", "CAPTIONS"))
     parser.add_argument("--stage", type=int, default=2, choices=(1, 2))
-    parser.add_argument("--bf16", action="store_true", help="autocast bf16 (what training runs use on CUDA)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--bf16", action="store_true", help="also time the fast path under a bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    parser.add_argument("--skip-reference", action="store_true", help="COCO-5K size: the reference would take hours")
+    parser.add_argument("--out", help="JSON file (default benchmarks/results/dcpa_eval-<device>.json)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -39,39 +80,59 @@ def main() -> None:
     model = DCPAModel(DCPADims()).to(device).eval()
     model.stage.fill_(args.stage)
     regions = torch.randn(args.images, 36, 2048)
-    words = torch.randn(args.captions, args.words, 768)
-    mask = torch.ones(args.captions, args.words, dtype=torch.bool)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    lengths = caption_lengths(args.captions, args.lengths_from)
+    offset = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    words = WordFeatures(np.random.default_rng(1).standard_normal((int(lengths.sum()), 768), dtype=np.float32),
+                         offset, lengths, special_tokens="keep")
+    fast_blocks = tuple(args.fast_blocks or EVAL_BLOCKS.get(device.type, EVAL_BLOCKS["cuda"]))
 
-    with torch.no_grad(), autocast:
-        start = time.perf_counter()
-        img = {}
-        for i0 in range(0, args.images, args.image_block):
-            for k, v in model.encode_images(regions[i0 : i0 + args.image_block].to(device)).items():
-                img.setdefault(k, []).append(v)
-        img = {k: torch.cat(v) for k, v in img.items()}
+    def run(kernel: str, fast: bool, blocks: tuple[int, int], bf16: bool = False, compiled: bool = False):
+        set_pair_kernel(model, kernel)
+        pair_scores = torch.compile(model.pair_scores, dynamic=True) if compiled else None
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return score_all_pairs(model, lambda idx: regions[idx].to(device), words, args.images, args.captions,
+                                   *blocks, fast=fast, device=device, pair_scores=pair_scores, progress=True)
 
-        def encode(c0, c1):
-            return model.encode_captions(words[c0:c1].to(device), mask[c0:c1].to(device))
-
-        def score(i0, i1, cap):
-            return model.pair_scores({k: v[i0:i1] for k, v in img.items()}, cap)
-
-        blocked_all_pairs(args.images, args.captions, encode, score, args.image_block, args.caption_block, progress=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
     pairs = args.images * args.captions
+    paths = {}
+    if not args.skip_reference:
+        paths["reference"] = ("broadcast", False, REFERENCE_BLOCKS, False, False)
+    paths["fast"] = ("batched", True, fast_blocks, False, False)
+    if args.bf16:
+        paths["fast_bf16"] = ("batched", True, fast_blocks, True, False)
+    if args.compile:
+        paths["fast_compiled"] = ("batched", True, fast_blocks, args.bf16, True)
+        run("batched", True, fast_blocks, args.bf16, True)  # compile outside the timing
     result = {"benchmark": "dcpa_eval", "device": str(device), "stage": args.stage, "images": args.images,
-              "captions": args.captions, "words": args.words, "image_block": args.image_block,
-              "caption_block": args.caption_block, "bf16": args.bf16, "pairs": pairs, "seconds": round(seconds, 3),
-              "pairs_per_second": round(pairs / seconds, 1), "threads": torch.get_num_threads(),
-              "coco5k_minutes_estimate": round(125_000_000 / (pairs / seconds) / 60, 2),
-              "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"dcpa_eval-{device.type}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
+              "captions": args.captions, "pairs": pairs, "threads": torch.get_num_threads(),
+              "lengths": {"source": args.lengths_from or "gamma(mean 13.6, sd 5.8)", "mean": round(float(lengths.mean()), 2),
+                          "max": int(lengths.max())}, "paths": {}}
+    scores = {}
+    for name, (kernel, fast, blocks, bf16, compiled) in paths.items():
+        seconds, scores[name] = timed(device, lambda: run(kernel, fast, blocks, bf16, compiled))
+        result["paths"][name] = {"pair_attention": kernel, "length_sorted": fast, "matrix_on_device": fast,
+                                 "blocks": list(blocks), "bf16": bf16, "compiled": compiled, "seconds": round(seconds, 3),
+                                 "pairs_per_second": round(pairs / seconds, 1),
+                                 "coco5k_seconds_estimate": round(125_000_000 / (pairs / seconds), 1),
+                                 "recalls": retrieval_metrics(*scores[name])}
+        print(name, json.dumps(result["paths"][name]), flush=True)
+    baseline = "reference" if "reference" in scores else "fast"
+    for name in paths:
+        if name == baseline:
+            continue
+        entry = result["paths"][name]
+        entry["speedup_vs_" + baseline] = round(result["paths"][baseline]["seconds"] / entry["seconds"], 2)
+        entry["max_abs_score_difference_vs_" + baseline] = max(
+            float((a - b).abs().max()) for a, b in zip(scores[name], scores[baseline]))
+        entry["same_recalls_as_" + baseline] = entry["recalls"] == result["paths"][baseline]["recalls"]
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    from mmbench.paths import bench_results_dir
+
+    out = Path(args.out) if args.out else bench_results_dir() / f"dcpa_eval-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({name: {k: v for k, v in entry.items() if k != "recalls"} for name, entry in result["paths"].items()}))
 
 
 if __name__ == "__main__":

@@ -140,3 +140,8 @@ class Method:
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for methods whose behaviour changes by epoch (e.g. staged training)."""
+
+    def epoch_warnings(self, epoch: int, metrics: dict[str, float]) -> list[str]:
+        """Warnings about a finished epoch, given its model-selection metrics (logged by the trainer and
+        kept in that epoch's log row), e.g. a model that has not left chance level."""
+        return []

@@ -216,6 +216,9 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         row = {"epoch": epoch, "steps": n_steps, "train": {k: v / counts[k] for k, v in sums.items()},
                train.select_split: select_metrics, "lr": {n: s.get_last_lr()[0] for n, s in schedulers.items()},
                "seconds": round(time.time() - epoch_start, 3), "throughput": meter.summary()}
+        warnings = method.epoch_warnings(epoch, select_metrics)
+        if warnings:
+            row["warnings"] = warnings
         history.append(row)
         loop["epoch"] = epoch + 1
         stop = train.patience is not None and loop["bad_epochs"] >= train.patience
@@ -232,6 +235,8 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         losses = " ".join(f"{k}={v:.4f}" for k, v in row["train"].items())
         log(f"[{resolved.name} seed {seed}] epoch {epoch + 1}/{train.epochs} {losses} "
             f"{train.select_split}.{train.select_metric}={value:.2f}{' *' if improved else ''}")
+        for text in warnings:
+            log(f"[{resolved.name} seed {seed}] warning: {text}")
         if stop:
             log(f"early stop: no {train.select_split} improvement for {train.patience} epochs")
             break

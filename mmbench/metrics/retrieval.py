@@ -88,3 +88,20 @@ def average_folds(folds: list[dict[str, float]], prefix: str = "fold1k_") -> dic
     out = {f"{prefix}{key}": float(np.mean([f[key] for f in folds])) for key in folds[0] if key != "rsum"}
     out[f"{prefix}rsum"] = rsum(out, prefix)
     return out
+
+
+def chance_rsum(n_images: int, per_image: int = 5) -> tuple[float, float]:
+    """RSUM of random scores on n_images × (per_image · n_images) pairs: (expected value, an upper bound
+    on its standard deviation). i2t R@K: one of an image's `per_image` captions among the first K of all
+    N·per_image, 1 − C(N·p − p, K) / C(N·p, K); t2i R@K = K / N. The bound adds the six recalls'
+    standard deviations (as if perfectly correlated)."""
+    n_captions = n_images * per_image
+    mean = std = 0.0
+    for k in KS:
+        miss = 1.0  # C(n_captions − per_image, k) / C(n_captions, k), as a product
+        for j in range(min(k, n_captions)):
+            miss *= max(0.0, (n_captions - per_image - j) / (n_captions - j))
+        for p, queries in ((1.0 - miss, n_images), (min(1.0, k / n_images), n_captions)):
+            mean += 100.0 * p
+            std += 100.0 * float(np.sqrt(p * (1.0 - p) / queries))
+    return mean, std

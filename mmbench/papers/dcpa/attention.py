@@ -2,6 +2,11 @@
 score *pairs*: leading dims broadcast, so queries of Bi images [Bi, 1, Lq, d] attend to keys of Bc
 captions [1, Bc, Lk, d] giving [Bi, Bc, Lq, d] without copying either side Bi·Bc times.
 
+Two kernels compute the pair case, with the same numbers (tested): `broadcast`, eqs (2)-(3) line by
+line, lets matmul expand q/k/v to every pair and runs B_i·B_c·h tiny products; `batched` (default) keeps
+one side whole — scores of all queries of a block against one item's keys are one [B·L_q, d_k] × [d_k, L_k]
+product per head — so nothing is copied per pair and the products are large enough for BLAS/tensor cores.
+
 Post-LN as in the paper ("a residual connection followed by a layer normalization is applied for each
 sublayer"), ReLU FFN (eq 5). Equal to torch.nn.TransformerEncoderLayer / TransformerDecoderLayer
 (norm_first=False, relu) with the same weights — tested.
@@ -15,9 +20,26 @@ import torch
 from torch import nn
 
 
+PAIR_KERNELS = ("batched", "broadcast")
+
+
+def _pair_sides(q: torch.Tensor, k: torch.Tensor) -> bool | None:
+    """True for queries [A, 1, h, Lq, d_k] against keys [1, B, h, Lk, d_k] (output [A, B, ...]), False
+    for queries [1, B, ...] against keys [A, 1, ...], None when the call is not a pair broadcast."""
+    if q.dim() != 5 or k.dim() != 5:
+        return None
+    if q.shape[1] == 1 and k.shape[0] == 1:
+        return True
+    if q.shape[0] == 1 and k.shape[1] == 1:
+        return False
+    return None
+
+
 class MultiHeadAttention(nn.Module):
     """Eqs (1)-(4). `project_query` / `project_key_value` can be run once per item and reused for
     every pair; `attend` broadcasts over the leading dims."""
+
+    pair_kernel = "batched"  # set per model by `set_pair_kernel`
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
@@ -38,11 +60,30 @@ class MultiHeadAttention(nn.Module):
         return self._split(self.w_k(x)), self._split(self.w_v(x))  # eq (1): K_j = i W_j^K, V_j = i W_j^V
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        queries_first = _pair_sides(q, k) if self.pair_kernel == "batched" else None
+        if queries_first is not None:
+            return self._attend_pairs(q, k, v, key_mask, queries_first)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # eq (2): Q K^T / sqrt(d_k)
         if key_mask is not None:  # [..., Lk] True = a real key (padding words never attended)
             scores = scores.masked_fill(~key_mask[..., None, None, :], float("-inf"))
         heads = self.dropout(scores.softmax(-1)) @ v  # eqs (2)-(3): head_j = softmax(.) V_j
         return self.w_o(heads.transpose(-3, -2).flatten(-2))  # eq (4): concat(head_1..head_h) W^O
+
+    def _attend_pairs(self, q, k, v, key_mask, queries_first: bool) -> torch.Tensor:
+        """The `batched` kernel of eqs (2)-(4) for every (query item a, key item b) pair → [A, B, Lq, d]
+        (or [B, A, Lq, d] when the queries are the second side: the output keeps the inputs' order)."""
+        q = q[:, 0] if queries_first else q[0]  # [A, h, Lq, d_k]
+        k, v = (k[0], v[0]) if queries_first else (k[:, 0], v[:, 0])  # [B, h, Lk, d_k]
+        n_q, heads, len_q, head_dim = q.shape
+        n_k = k.shape[0]
+        flat_q = q.transpose(0, 1).reshape(heads, n_q * len_q, head_dim)  # all queries of the block, per head
+        scores = flat_q @ k.transpose(-1, -2) / math.sqrt(head_dim)  # eq (2): [B, h, A·Lq, Lk]
+        if key_mask is not None:  # [1, B, Lk] or [B, 1, Lk]: True = a real key
+            keys = key_mask[0] if queries_first else key_mask[:, 0]
+            scores = scores.masked_fill(~keys[:, None, None, :], float("-inf"))
+        heads_out = (self.dropout(scores.softmax(-1)) @ v).view(n_k, heads, n_q, len_q, head_dim)  # eqs (2)-(3)
+        order = (2, 0, 3, 1, 4) if queries_first else (0, 2, 3, 1, 4)  # → [pair dims..., Lq, h, d_k]
+        return self.w_o(heads_out.permute(order).flatten(-2))  # eq (4): concat(head_1..head_h) W^O
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.attend(self.project_query(query), *self.project_key_value(key_value), key_mask=key_mask)
@@ -99,3 +140,12 @@ class PairDecoderLayer(nn.Module):
 
     def forward(self, x, memory, mask=None, memory_mask=None):
         return self.cross_part(self.self_part(x, mask), memory, memory_mask)
+
+
+def set_pair_kernel(model: nn.Module, kernel: str) -> None:
+    """Choose how every attention of `model` scores pairs: `batched` (default) or `broadcast`."""
+    if kernel not in PAIR_KERNELS:
+        raise ValueError(f"pair kernel {kernel!r}: choose one of {PAIR_KERNELS}")
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.pair_kernel = kernel

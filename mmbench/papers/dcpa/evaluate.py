@@ -2,14 +2,18 @@
 through the network (COCO 5K: 5000 × 25000 = 125M pairs).
 
 Memory is bounded by the block sizes: one caption block is encoded at a time, one image block × caption
-block of pair activations exists at a time, and only the [N_images, N_captions] score matrices (float32,
-on CPU) are kept whole. Works on CPU and GPU; a tqdm bar shows progress when asked.
+block of pair activations exists at a time, and only the [N_images, N_captions] float32 score matrices
+are kept whole. Two ways to run it, with the same results (tested):
+
+- reference: captions in file order, every block copied to host memory as it is scored;
+- fast (`caption_order` + `device`): caption blocks follow `caption_order` (shortest first, so a block is
+  padded to a length close to its own captions' instead of the file's longest: Inter-PAM's cost grows
+  with the padded length), the score matrices stay on `device` and go to the host once, in file order.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -17,20 +21,28 @@ import torch
 def blocked_all_pairs(
     n_images: int,
     n_captions: int,
-    encode_captions: Callable[[int, int], object],
+    encode_captions: Callable[[Sequence[int]], object],
     score_block: Callable[[int, int, object], tuple[torch.Tensor, ...]],
     image_block: int,
     caption_block: int,
     n_outputs: int = 2,
+    caption_order: Sequence[int] | None = None,
+    device: torch.device | None = None,
     progress: bool = False,
     desc: str = "pairs",
 ) -> tuple[torch.Tensor, ...]:
-    """Fill `n_outputs` score matrices [n_images, n_captions].
+    """Fill `n_outputs` float32 score matrices [n_images, n_captions] (on the CPU, columns in file order).
 
-    encode_captions(c0, c1) → whatever score_block needs for captions [c0, c1) (computed once per block);
-    score_block(i0, i1, captions) → n_outputs tensors [i1 - i0, c1 - c0].
+    encode_captions(captions) → whatever score_block needs for these caption indices (once per block);
+    score_block(i0, i1, captions) → n_outputs tensors [i1 - i0, len(captions)], any float dtype (a bf16
+    block is stored in float32: rankings are read from the float32 matrix).
     """
-    out = tuple(torch.empty(n_images, n_captions, dtype=torch.float32) for _ in range(n_outputs))
+    order = torch.arange(n_captions) if caption_order is None else torch.as_tensor(caption_order, dtype=torch.long)
+    if sorted(order.tolist()) != list(range(n_captions)):
+        raise ValueError(f"caption_order is not a permutation of the {n_captions} captions")
+    where = torch.device("cpu") if device is None else device
+    # column j of `out` holds caption order[j] until the final reordering
+    out = tuple(torch.empty(n_images, n_captions, dtype=torch.float32, device=where) for _ in range(n_outputs))
     n_blocks = -(-n_images // image_block) * -(-n_captions // caption_block)
     bar = None
     if progress:
@@ -39,25 +51,49 @@ def blocked_all_pairs(
         bar = tqdm(total=n_blocks, desc=desc, unit="block", leave=False)
     for c0 in range(0, n_captions, caption_block):
         c1 = min(n_captions, c0 + caption_block)
-        captions = encode_captions(c0, c1)
+        captions = encode_captions(order[c0:c1].tolist())
         for i0 in range(0, n_images, image_block):
             i1 = min(n_images, i0 + image_block)
             for matrix, block in zip(out, score_block(i0, i1, captions)):
-                matrix[i0:i1, c0:c1] = block.float().cpu()
+                matrix[i0:i1, c0:c1] = block.to(where, torch.float32)  # reference: one host copy a block
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    return out
+    if caption_order is None:
+        return tuple(matrix.cpu() for matrix in out)
+    file_order = torch.empty_like(order)
+    file_order[order] = torch.arange(n_captions)
+    return tuple(matrix[:, file_order.to(where)].cpu() for matrix in out)  # one copy to the host
 
 
-def pairs_per_second(n_images: int, n_captions: int, run: Callable[[], object], device: torch.device) -> dict:
-    """Time one call of `run` (synchronising CUDA) and report pairs/second."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"pairs": n_images * n_captions, "seconds": round(seconds, 4), "pairs_per_second": n_images * n_captions / seconds}
+def score_all_pairs(model, regions: Callable[[list[int]], torch.Tensor], captions, n_images: int, n_captions: int,
+                    image_block: int, caption_block: int, fast: bool = True, device: torch.device | None = None,
+                    pair_scores: Callable | None = None, progress: bool = False, desc: str = "pairs") -> tuple[torch.Tensor, ...]:
+    """(S_i2t, S_t2i) [n_images, n_captions] of a model with `encode_images(regions)`,
+    `encode_captions(words, mask)` and `pair_scores(images, captions)` (DCPAModel). `regions(indices)`
+    gives those images' region features; `captions` has `batch(indices, device) → (words, mask)` and
+    `lengths()` (text.WordFeatures, gru.TokenIds). `fast`: length order + matrices on `device`."""
+    device = torch.device("cpu") if device is None else device
+    pair_scores = model.pair_scores if pair_scores is None else pair_scores
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, n_images, image_block):  # each image encoded once, kept for every caption block
+        for key, value in model.encode_images(regions(list(range(start, min(n_images, start + image_block))))).items():
+            parts.setdefault(key, []).append(value)
+    images = {key: torch.cat(values) for key, values in parts.items()}
+
+    def encode_captions(indices: list[int]):
+        return model.encode_captions(*captions.batch(indices, device))
+
+    def score_block(i0: int, i1: int, encoded):
+        return pair_scores({key: value[i0:i1] for key, value in images.items()}, encoded)
+
+    order = length_order(captions.lengths()[:n_captions]) if fast else None
+    return blocked_all_pairs(n_images, n_captions, encode_captions, score_block, image_block, caption_block,
+                             caption_order=order, device=device if fast else None, progress=progress, desc=desc)
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Caption indices shortest first (stable: equal lengths keep file order)."""
+    return sorted(range(len(lengths)), key=lambda c: lengths[c])
+

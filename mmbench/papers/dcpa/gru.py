@@ -62,6 +62,9 @@ class TokenIds:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
     def batch(self, captions: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = [len(self.ids[c]) for c in captions]
         out = torch.zeros((len(captions), max(lengths)), dtype=torch.long)  # <pad> = 0

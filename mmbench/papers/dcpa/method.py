@@ -17,7 +17,10 @@ Text backbone (`model.text_backbone`): `bert` = frozen BERT word features from a
 in stage 2), its vocabulary built from the training captions in setup and kept in the model.
 
 Examples are captions (SCAN): caption j and its image j // 5 form a positive pair. Evaluation scores
-every image × caption pair of a split in blocks (`evaluate.blocked_all_pairs`).
+every image × caption pair of a split in blocks (`evaluate.blocked_all_pairs`); `eval_fast` (default)
+sorts captions by length and keeps the score matrices on the device, `pair_attention` chooses the
+attention kernel (attention.py), `eval_compile` wraps the per-block scoring in torch.compile. Under a
+bf16 autocast (CUDA runs) the blocks compute in bf16 and the score matrices stay float32.
 """
 
 from __future__ import annotations
@@ -34,15 +37,19 @@ from mmbench.engine.checkpoint import load_checkpoint
 from mmbench.engine.method import Method, StepControl
 from mmbench.engine.optim import schedule_factor
 from mmbench.errors import MmbenchError, RecipeError
-from mmbench.papers.dcpa.evaluate import blocked_all_pairs
+from mmbench.papers.dcpa.attention import set_pair_kernel
+from mmbench.papers.dcpa.evaluate import score_all_pairs
 from mmbench.papers.dcpa.gru import BiGRUWordEncoder, TokenIds, build_vocab, check_checkpoint_vocab
 from mmbench.papers.dcpa.model import DCPADims, DCPAModel, hardest_negative_triplet
 from mmbench.papers.dcpa.text import word_features
-from mmbench.metrics.retrieval import average_folds, caption_ranks, recall_metrics
+from mmbench.metrics.retrieval import average_folds, caption_ranks, chance_rsum, recall_metrics
 from mmbench.recipes.schema import ScheduleCfg
 
 Similarity = Literal["local_agg", "global_ave"]
 STAGE_OFFSET = 1000.0  # > any RSUM (max 600): makes (stage, RSUM) one number for model selection
+# eval blocks when the recipe leaves them to the device: (images, captions). On the CPU a block's pair
+# activations should stay in cache (≈10 MB at 8 × 32 pairs); on a GPU a block should fill the device.
+EVAL_BLOCKS = {"cpu": (8, 32), "cuda": (128, 512)}
 
 
 class DCPAConfig(BaseModel):
@@ -52,6 +59,7 @@ class DCPAConfig(BaseModel):
     text_encoder: str = "bert-base-uncased"  # bert backbone only
     max_length: int = 128
     word_cache_dtype: Literal["float16", "float32"] = "float16"
+    special_tokens: Literal["drop", "keep"] = "drop"  # BERT's [CLS]/[SEP] as words of the caption (text.py)
     # bigru backbone only (SCAN's EncoderText / vocab.py)
     vocab_threshold: int = 4
     vocab_splits: tuple[str, ...] = ("train",)
@@ -86,8 +94,11 @@ class DCPAConfig(BaseModel):
     test_split: str = "test"  # COCO: testall (5K), with fold_images=1000 for the 1K protocol
     fold_images: int | None = None
     dev_images: int | None = None  # SCAN validates COCO on the first 1000 dev images
-    eval_image_block: int = 128
-    eval_caption_block: int = 512
+    pair_attention: Literal["batched", "broadcast"] = "batched"  # attention.py; same numbers
+    eval_fast: bool = True  # length-sorted caption blocks, score matrices kept on the device
+    eval_compile: bool = False  # torch.compile the per-block scoring (CUDA: worth it on big splits)
+    eval_image_block: int | None = None  # None: by device (EVAL_BLOCKS)
+    eval_caption_block: int | None = None
     progress: bool = False
 
 
@@ -119,7 +130,7 @@ class DCPA(Method):
                 key = {"dataset": self.recipe.dataset, "split": source,
                        "captions": self.manifest["raw_files"].get(f"{source}_caps.txt"), "synthetic": self.recipe.data.synthetic}
                 self.words[split] = word_features(list(rows["caption"]), key, cfg.text_encoder, cfg.max_length,
-                                                  cfg.word_cache_dtype, self.ctx.device)
+                                                  cfg.word_cache_dtype, self.ctx.device, cfg.special_tokens)
             self.examples[split] = list(range(n))
         self.stage1_epochs = 0 if cfg.stage1_checkpoint else cfg.stage1_epochs
         self.stage = 1 if self.stage1_epochs > 0 else 2
@@ -173,6 +184,8 @@ class DCPA(Method):
         # every parameter stays trainable here: the engine builds the optimiser from the trainable ones
         # after build_model; on_epoch_start freezes per stage (frozen ones get no grad, Adam skips them)
         self.model.stage.fill_(self.stage)
+        set_pair_kernel(self.model, cfg.pair_attention)
+        self._compiled = None
         return self.model
 
     def _set_stage(self, stage: int) -> None:
@@ -225,28 +238,42 @@ class DCPA(Method):
         step.optimizer_step("main")
         return {"loss": loss.item(), "lr": lr, "stage": float(self.stage)}
 
+    def epoch_warnings(self, epoch: int, metrics: dict[str, float]) -> list[str]:
+        """After the first epoch of a stage: a dev RSUM still within chance (hardest negatives from the
+        first step can collapse VSE++-style training, issue 16) is worth a line in the log."""
+        if self._epoch_in_stage(epoch) != 0 or "rsum" not in metrics:
+            return []
+        n_images = len(self.examples[self.recipe.train.select_split]) // CAPTIONS_PER_IMAGE
+        mean, std = chance_rsum(n_images, CAPTIONS_PER_IMAGE)
+        if metrics["rsum"] > mean + 3 * std:
+            return []
+        return [f"stage {self.stage}: {self.recipe.train.select_split} RSUM {metrics['rsum']:.1f} after its first epoch "
+                f"is at chance ({mean:.1f}, +3σ {mean + 3 * std:.1f}, on {n_images} images); hardest negatives "
+                f"from the first step can collapse training: model.max_violation_warmup_epochs=1 or 2 starts "
+                f"each stage on all negatives"]
+
     # -- evaluation -----------------------------------------------------------------------------
+    def eval_blocks(self) -> tuple[int, int]:
+        cfg = self.config
+        image_block, caption_block = EVAL_BLOCKS.get(self.ctx.device.type, EVAL_BLOCKS["cuda"])
+        return cfg.eval_image_block or image_block, cfg.eval_caption_block or caption_block
+
+    def _pair_scores(self, model):
+        if not self.config.eval_compile:
+            return model.pair_scores
+        if self._compiled is None:  # shapes change with each block's caption length: compile dynamic
+            self._compiled = torch.compile(model.pair_scores, dynamic=True)
+        return self._compiled
+
     def score_split(self, model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(S_i2t, S_t2i) [N_images, N_captions] of every pair of a split, in blocks."""
         cfg = self.config
         n_captions = len(self.examples[split])
-        n_images = n_captions // CAPTIONS_PER_IMAGE
-        parts: dict[str, list[torch.Tensor]] = {}
-        for start in range(0, n_images, cfg.eval_image_block):
-            block = self._regions(split, list(range(start, min(n_images, start + cfg.eval_image_block))))
-            for key, value in model.encode_images(block).items():
-                parts.setdefault(key, []).append(value)
-        images = {key: torch.cat(values) for key, values in parts.items()}
-
-        def encode_captions(c0: int, c1: int):
-            words, mask = self.words[split].batch(list(range(c0, c1)), self.ctx.device)
-            return model.encode_captions(words, mask)
-
-        def score_block(i0: int, i1: int, captions):
-            return model.pair_scores({k: v[i0:i1] for k, v in images.items()}, captions)
-
-        return blocked_all_pairs(n_images, n_captions, encode_captions, score_block, cfg.eval_image_block,
-                                 cfg.eval_caption_block, progress=cfg.progress, desc=f"dcpa {split}")
+        image_block, caption_block = self.eval_blocks()
+        return score_all_pairs(model, lambda images: self._regions(split, images), self.words[split],
+                               n_captions // CAPTIONS_PER_IMAGE, n_captions, image_block, caption_block,
+                               fast=cfg.eval_fast, device=self.ctx.device, pair_scores=self._pair_scores(model),
+                               progress=cfg.progress, desc=f"dcpa {split}")
 
     def predict(self, model, split: str) -> list[dict]:
         s_i2t, s_t2i = self.score_split(model, split)

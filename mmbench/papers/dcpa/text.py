@@ -4,8 +4,11 @@ epochs never run BERT.
 
 Captions have different lengths, so the cache is ragged: `words` holds every caption's token features
 back to back ([total tokens, hidden]) and a second cache holds each caption's `offset` and `length`.
-The index is built after the tokens, so a complete index implies complete tokens. All tokens are kept,
-[CLS] and [SEP] included (c = {w_1..w_n} is BERT's whole output).
+The index is built after the tokens, so a complete index implies complete tokens. The cache keeps every
+token; what a caption's words are is decided when they are read (`WordFeatures`): by default its word
+features only, without the [CLS] and [SEP] that BERT's tokenizer adds around every caption (the paper's
+c = {w_1..w_n} are "the words of the sentence"; the two markers would be 2 of the ≈13 tokens of a COCO
+caption in eq 10's top-K and in eqs 7-9's n-grams). `special_tokens="keep"` reads them as words too.
 """
 
 from __future__ import annotations
@@ -32,11 +35,21 @@ def load_frozen_encoder(name: str):
     return load_text_encoder(name)
 
 
+SPECIAL_TOKENS = ("drop", "keep")
+
+
 class WordFeatures:
     """Read side: the padded word features of any set of captions."""
 
-    def __init__(self, words: np.ndarray, offset: np.ndarray, length: np.ndarray):
-        self.words, self.offset, self.length = words, offset, length
+    def __init__(self, words: np.ndarray, offset: np.ndarray, length: np.ndarray, special_tokens: str = "drop"):
+        if special_tokens not in SPECIAL_TOKENS:
+            raise ValueError(f"special_tokens={special_tokens!r}: choose one of {SPECIAL_TOKENS}")
+        self.words = words
+        self.offset, self.length = np.asarray(offset, dtype=np.int64), np.asarray(length, dtype=np.int64)
+        if special_tokens == "drop":  # [CLS] w_1..w_n [SEP] → w_1..w_n; a caption with no word keeps both
+            words_only = self.length > 2
+            self.offset = self.offset + words_only
+            self.length = self.length - 2 * words_only
 
     @property
     def dim(self) -> int:
@@ -44,6 +57,10 @@ class WordFeatures:
 
     def __len__(self) -> int:
         return len(self.offset)
+
+    def lengths(self) -> list[int]:
+        """Each caption's number of words (as `batch` reads them)."""
+        return self.length.tolist()
 
     def batch(self, captions: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = [int(self.length[c]) for c in captions]
@@ -56,7 +73,7 @@ class WordFeatures:
 
 
 def word_features(captions: list[str], key: dict, encoder: str, max_length: int, dtype: str,
-                  device: torch.device, batch_size: int = 128) -> WordFeatures:
+                  device: torch.device, special_tokens: str = "drop", batch_size: int = 128) -> WordFeatures:
     """Open the cache for these captions, building it first if needed."""
     # The captions themselves are part of the key: the same captions file read with `data.subset=N`
     # gives fewer captions, and a cache built from them must never serve the full split.
@@ -68,7 +85,7 @@ def word_features(captions: list[str], key: dict, encoder: str, max_length: int,
     if not (tokens_cache.complete and index_cache.complete):
         _build(captions, tokens_cache, index_cache, encoder, max_length, dtype, device, batch_size)
     index = index_cache.open()
-    return WordFeatures(tokens_cache.open()["words"], index["offset"], index["length"])
+    return WordFeatures(tokens_cache.open()["words"], index["offset"], index["length"], special_tokens)
 
 
 def _build(captions, tokens_cache, index_cache, encoder, max_length, dtype, device, batch_size) -> None:

@@ -80,8 +80,8 @@ def test_blocked_all_pairs_equals_unblocked_exactly():
     torch.manual_seed(0)
     images, captions = torch.randn(11, 3, 8), torch.randn(23, 4, 8)
 
-    def encode(c0, c1):
-        return captions[c0:c1]
+    def encode(indices):
+        return captions[indices]
 
     def score(i0, i1, caps):  # a non-linear pairwise function, like the Inter-PAM's (broadcast, no BLAS:
         # each pair's value then does not depend on the block shape, so equality can be exact)
@@ -90,5 +90,9 @@ def test_blocked_all_pairs_equals_unblocked_exactly():
 
     whole = blocked_all_pairs(11, 23, encode, score, image_block=11, caption_block=23)
     blocked = blocked_all_pairs(11, 23, encode, score, image_block=4, caption_block=6, progress=True)
-    for a, b in zip(whole, blocked):
-        assert torch.equal(a, b)
+    shuffled = blocked_all_pairs(11, 23, encode, score, image_block=4, caption_block=6,
+                                 caption_order=torch.randperm(23).tolist(), device=torch.device("cpu"))
+    for a, b, c in zip(whole, blocked, shuffled):
+        assert torch.equal(a, b) and torch.equal(a, c)  # any caption order gives the file-order matrix
+    with pytest.raises(ValueError, match="permutation"):
+        blocked_all_pairs(11, 23, encode, score, 4, 6, caption_order=[0] * 23)

@@ -184,8 +184,8 @@ def test_model_blocked_scores_equal_unblocked():
     with torch.no_grad():
         img = model.encode_images(regions)
 
-        def encode(c0, c1):
-            return model.encode_captions(words[c0:c1], mask[c0:c1])
+        def encode(indices):
+            return model.encode_captions(words[indices], mask[indices])
 
         def score(i0, i1, cap):
             return model.pair_scores({k: v[i0:i1] for k, v in img.items()}, cap)
