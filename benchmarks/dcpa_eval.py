@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--stage", type=int, default=2, choices=(1, 2))
     parser.add_argument("--bf16", action="store_true", help="also time the fast path under a bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the reference at the fast blocks, and the fast path unsorted: where the gain comes from")
     parser.add_argument("--skip-reference", action="store_true", help="COCO-5K size: the reference would take hours")
     parser.add_argument("--out", help="JSON file (default benchmarks/results/dcpa_eval-<device>.json)")
     args = parser.parse_args()
@@ -97,6 +99,9 @@ def main() -> None:
     paths = {}
     if not args.skip_reference:
         paths["reference"] = ("broadcast", False, REFERENCE_BLOCKS, False, False)
+    if args.breakdown:
+        paths["reference_at_fast_blocks"] = ("broadcast", False, fast_blocks, False, False)
+        paths["fast_unsorted"] = ("batched", False, fast_blocks, False, False)
     paths["fast"] = ("batched", True, fast_blocks, False, False)
     if args.bf16:
         paths["fast_bf16"] = ("batched", True, fast_blocks, True, False)

@@ -214,7 +214,7 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         else:
             loop["bad_epochs"] += 1
         row = {"epoch": epoch, "steps": n_steps, "train": {k: v / counts[k] for k, v in sums.items()},
-               train.select_split: select_metrics, "lr": {n: s.get_last_lr()[0] for n, s in schedulers.items()},
+               train.select_split: select_metrics, "lr": {n: opt.param_groups[0]["lr"] for n, opt in optimizers.items()},
                "seconds": round(time.time() - epoch_start, 3), "throughput": meter.summary()}
         warnings = method.epoch_warnings(epoch, select_metrics)
         if warnings:

@@ -235,7 +235,7 @@ class DCPA(Method):
         hardest = cfg.max_violation and self._epoch_in_stage(step.epoch) >= cfg.max_violation_warmup_epochs
         loss = hardest_negative_triplet(s_i2t, s_t2i, cfg.margin, hardest, cfg.loss_reduction)
         step.backward(loss)
-        step.optimizer_step("main")
+        step.optimizer_step("main", advance_schedule=False)  # the lr set above is the schedule; a `constant` one would reset it
         return {"loss": loss.item(), "lr": lr, "stage": float(self.stage)}
 
     def epoch_warnings(self, epoch: int, metrics: dict[str, float]) -> list[str]:
