@@ -93,7 +93,7 @@ class DCPAConfig(BaseModel):
     lr_eta_min: float = 0.0
     test_split: str = "test"  # COCO: testall (5K), with fold_images=1000 for the 1K protocol
     fold_images: int | None = None
-    dev_images: int | None = None  # SCAN validates COCO on the first 1000 dev images
+    dev_images: int | None = None  # SCAN validates on the first 1000 dev images (Flickr30K and COCO)
     pair_attention: Literal["batched", "broadcast"] = "batched"  # attention.py; same numbers
     eval_fast: bool = True  # length-sorted caption blocks, score matrices kept on the device
     eval_compile: bool = False  # torch.compile the per-block scoring (CUDA: worth it on big splits)
@@ -240,7 +240,7 @@ class DCPA(Method):
 
     def epoch_warnings(self, epoch: int, metrics: dict[str, float]) -> list[str]:
         """After the first epoch of a stage: a dev RSUM still within chance (hardest negatives from the
-        first step can collapse VSE++-style training, issue 16) is worth a line in the log."""
+        first step can collapse VSE++-style training) is worth a line in the log."""
         if self._epoch_in_stage(epoch) != 0 or "rsum" not in metrics:
             return []
         n_images = len(self.examples[self.recipe.train.select_split]) // CAPTIONS_PER_IMAGE

@@ -63,6 +63,8 @@ class TextPhraseCNN(nn.Module):
             p = torch.relu(conv(x))  # eq (7): p_{l,k} = ReLU(W_l w_{k:k+l-1} + b_l)
             # windows that start past the caption's last word - l + 1 overlap padding: never pooled.
             # (values are ≥ 0 after ReLU, so zeroing them equals excluding them from the max)
+            # a caption shorter than l keeps its first window, whose missing words are zero features
+            # (both loaders pad with zeros, so its value never depends on the batch it is in)
             starts = torch.arange(p.shape[-1], device=p.device)
             valid = starts[None, :] <= (lengths[:, None] - l).clamp(min=0)
             pooled.append(p.masked_fill(~valid[:, None, :], 0.0).amax(-1))  # eq (8): q_l = max_k p_{l,k}
