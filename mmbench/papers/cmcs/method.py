@@ -39,7 +39,7 @@ from mmbench.results import store
 TRACE_FILE = "cmcs_trace.jsonl"
 TRACE_KEYS = ("text_effect", "text_log_effect", "text_weight", "text_step_multiplier", "image_effect", "image_log_effect",
               "image_weight", "image_step_multiplier", "hypergrad_alpha", "hypergrad_beta", "hypergrad_norm",
-              "neumann_gamma", "hessian_lambda_max", "hypergrad_skipped")
+              "neumann_gamma", "hessian_lambda_max", "hessian_lambda_min", "neumann_damping", "hypergrad_skipped")
 
 
 class CMCSConfig(BaseModel):
@@ -66,6 +66,8 @@ class CMCSConfig(BaseModel):
     neumann_scaling: Literal["power", "fixed"] = "power"  # γ = 1/λ̂_max (power iteration) or `neumann_scale`
     neumann_scale: float = Field(1.0, gt=0)  # γ of γΣ(I-γH)^j when fixed; eq 14 as printed is γ = 1
     power_iterations: int = Field(8, ge=1)
+    # an indefinite Hessian (far from a minimum) makes eq 14 diverge: "min_eigen" damps it (hypergrad.py)
+    neumann_damping: Literal["none", "min_eigen"] = "none"
     # how φ enters the lower update: "step" = per-modality learning-rate multiplier after clipping and
     # AdamW's normalisation (the eq-12 SGD step's meaning); "loss" = inside the loss as eq 9 prints it
     phi_application: Literal["step", "loss"] = "step"
@@ -292,12 +294,15 @@ class CMCS(Method):
             info: dict = {}
             hyper = implicit_hypergradient(upper_grad, lower_grad, params, phi, cfg.neumann_terms,
                                            None if cfg.neumann_scaling == "power" else cfg.neumann_scale,
-                                           power_iters=cfg.power_iterations, info=info)  # eqs (13)-(14)
+                                           power_iters=cfg.power_iterations, info=info,
+                                           damping=cfg.neumann_damping if cfg.neumann_scaling == "power" else "none")  # eqs (13)-(14)
         raw = [float(g) for g in hyper]  # logged before the engine clips p.grad in place
         logs = {"dev_loss": dev_loss.item(), "hypergrad_alpha": raw[0], "hypergrad_beta": raw[1],
                 "hypergrad_norm": math.sqrt(sum(g * g for g in raw)), "neumann_gamma": info["gamma"]}
         if "lambda_max" in info:
             logs["hessian_lambda_max"] = info["lambda_max"]
+        if "lambda_min" in info:
+            logs["hessian_lambda_min"], logs["neumann_damping"] = info["lambda_min"], info["damping"]
         if not all(math.isfinite(g) for g in raw):  # never let a NaN/inf reach φ (and through φ, θ)
             logs["hypergrad_skipped"] = 1.0
             return logs

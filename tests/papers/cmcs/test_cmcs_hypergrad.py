@@ -168,3 +168,51 @@ def test_recipe_neumann_matches_exact_implicit_gradient_at_realistic_curvature(s
     assert abs(got - exact) < 0.2 * abs(exact), (got, exact, info)
     if cfg.neumann_scaling == "power":
         assert 0.8 * lam < info["lambda_max"] <= 1.0001 * lam  # the power iteration finds the curvature
+
+
+def _indefinite_quadratic(seed: int = 0, d: int = 8):
+    """L(w, φ) = ½ wᵀAw − φ·(bᵀw) with A indefinite (eigenvalues 10 … −4): a lower loss far from a minimum."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    eigs = torch.linspace(10.0, -4.0, d)
+    return q @ torch.diag(eigs) @ q.T, torch.randn(d, generator=g), eigs
+
+
+def test_min_eigen_damping_makes_the_series_converge_on_an_indefinite_hessian():
+    from mmbench.papers.cmcs.hypergrad import power_lambda_min
+
+    a, b, eigs = _indefinite_quadratic()
+    phi = torch.tensor(1.0, requires_grad=True)
+    w = torch.randn(len(b), generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    upper = [torch.randn(len(b), generator=torch.Generator().manual_seed(2))]
+
+    def lower_grad():
+        return torch.autograd.grad(0.5 * w @ a @ w - phi * (b @ w), [w], create_graph=True)
+
+    lam_min = power_lambda_min(lower_grad(), [w], upper, float(eigs.abs().max()), 200)
+    assert lam_min == pytest.approx(float(eigs.min()), abs=1e-6)
+    plain = [implicit_hypergradient(upper, lower_grad(), [w], [phi], k, None, power_iters=200)[0].item() for k in (20, 40)]
+    assert abs(plain[1]) > 100 * abs(plain[0]) > 0  # eq 14 with γ = 1/λ̂_max diverges: (1 + 4/10)^K
+    info: dict = {}
+    damped = implicit_hypergradient(upper, lower_grad(), [w], [phi], 2000, None, power_iters=200, info=info,
+                                    damping="min_eigen")[0].item()
+    delta = -2 * float(eigs.min())  # 2|λ_min|: A + δI has eigenvalues 18 … 4
+    assert info["damping"] == pytest.approx(delta, abs=1e-6) and info["lambda_min"] < 0
+    # ∇_φ∇_w L = −b, so eq 13 gives −(−b)·p = b · (A + δI)^{-1} v for the damped inverse
+    exact = float(b @ torch.linalg.solve(a + delta * torch.eye(len(b)), upper[0]))
+    assert damped == pytest.approx(exact, rel=1e-3)
+
+
+def test_min_eigen_damping_leaves_a_positive_definite_problem_alone():
+    problem = ridge_problem()
+    x, y, xv, yv = problem
+    lam = torch.tensor(-1.0, requires_grad=True)
+    w = closed_form(lam.detach(), x, y)[0].clone().requires_grad_(True)
+    upper = torch.autograd.grad(upper_loss(w, xv, yv), [w])
+    lower = torch.autograd.grad(lower_loss(w, lam, x, y), [w], create_graph=True)
+    info: dict = {}
+    damped = implicit_hypergradient(upper, lower, [w], [lam], 60, None, power_iters=50, info=info, damping="min_eigen")
+    plain = implicit_hypergradient(upper, torch.autograd.grad(lower_loss(w, lam, x, y), [w], create_graph=True),
+                                   [w], [lam], 60, None, power_iters=50)
+    assert info["lambda_min"] > 0 and info["damping"] == 0.0
+    assert damped[0].item() == pytest.approx(plain[0].item(), rel=1e-12)
