@@ -28,7 +28,7 @@ def load_module(name: str, path: Path):
 def fixture_main(doc: str, paper: str, official_folder: str, run_official: Callable[[Path], dict]) -> None:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--official", type=Path, default=ROOT.parent / "shared" / "official" / official_folder)
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / f"{paper}.safetensors")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / f"{paper}.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     fixture = run_official(args.official)

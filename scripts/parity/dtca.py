@@ -21,7 +21,7 @@ accelerate); every dropout is 0 (randomness only); encoder weights are redrawn l
 so attention is far from uniform; the tokenizer's `word_ids` is a small stand-in object. Everything
 runs in float64. `trainer_optimizer` / `trainer_step` serve benchmarks/vs_official.py too.
 
-    .venv/bin/python scripts/parity/dtca.py [--official DIR] [--out tests/fixtures/parity/dtca.safetensors]
+    .venv/bin/python scripts/parity/dtca.py [--official DIR] [--out tests/fixtures/parity/dtca.json]
 """
 
 from __future__ import annotations

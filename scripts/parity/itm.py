@@ -15,7 +15,7 @@ random RoBERTa (no download); dropout is set to 0 (it is random, not part of the
 weights are redrawn larger than their init, so that D and the logits are far from uniform.
 Everything runs in float64 so the comparison sees the algorithm, not float32 rounding.
 
-    .venv/bin/python scripts/parity/itm.py [--official DIR] [--out tests/fixtures/parity/itm.safetensors]
+    .venv/bin/python scripts/parity/itm.py [--official DIR] [--out tests/fixtures/parity/itm.json]
 """
 
 from __future__ import annotations

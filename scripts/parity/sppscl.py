@@ -22,7 +22,7 @@ and the LSTM's hidden weights are drawn low-rank (and compared through projectio
 small; final weights are stored in float32. Everything runs in float64. `released_optimizer` /
 `released_iteration` serve benchmarks/vs_official.py too.
 
-    .venv/bin/python scripts/parity/sppscl.py [--official DIR] [--out tests/fixtures/parity/sppscl.safetensors]
+    .venv/bin/python scripts/parity/sppscl.py [--official DIR] [--out tests/fixtures/parity/sppscl.json]
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def run_official(folder: Path, seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", type=Path, default=ROOT.parent / "shared" / "official" / "TomorrowJW-SPP-SCL")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / "sppscl.safetensors")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "parity" / "sppscl.json")
     args = parser.parse_args()
     for seed in range(50):  # the first seed whose three steps take both branches of Algorithm 1's condition
         fixture = run_official(args.official, seed)

@@ -2,7 +2,7 @@
 
 `scripts/parity/dtca.py` ran the authors' DTCAModel, IPOT and cal_f1 and main.py's HF Trainer
 optimiser (tiny random configuration, float64, dropout 0) and saved inputs, weights and outputs to
-tests/fixtures/parity/dtca.safetensors. Here our official variant, configured by
+tests/fixtures/parity/dtca.json. Here our official variant, configured by
 recipes/dtca/twitter15-official.yaml, is loaded with the same weights and must reproduce, within 1e-5:
 the emissions and text-head logits, the CRF loss (sum / 10, non-contiguous mask), argmax decoding, the
 IPOT distance with the inverted mask (50 iterations), the joint loss, three optimiser steps (AdamW,
@@ -19,7 +19,7 @@ import torch
 
 from mmbench.results.numbers import load_numbers
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "dtca.safetensors"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "dtca.json"
 TOL = 1e-5
 
 

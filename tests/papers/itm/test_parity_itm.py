@@ -1,7 +1,7 @@
 """ITM's official variant against the released code (NUSTM/ITM), from the numbers it computed.
 
 `scripts/parity/itm.py` ran the authors' Coarse2Fine and BertAdam (tiny random configuration,
-float64, dropout 0) and saved inputs, weights and outputs to tests/fixtures/parity/itm.safetensors. Here our
+float64, dropout 0) and saved inputs, weights and outputs to tests/fixtures/parity/itm.json. Here our
 official variant, configured by recipes/itm/twitter15-official.yaml (model switches, bertadam with
 its own warm-up curve plus the engine's, per-tensor clipping), is loaded with the same weights and
 must reproduce, within 1e-5: the forward outputs (sentiment logits, relevance logits, D), each loss,
@@ -18,7 +18,7 @@ import torch
 
 from mmbench.results.numbers import load_numbers
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "itm.safetensors"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "itm.json"
 TOL = 1e-5
 
 

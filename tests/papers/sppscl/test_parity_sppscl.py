@@ -21,7 +21,7 @@ from mmbench.papers.sppscl.losses import alignment_check, inter_supcon, intra_su
 from mmbench.papers.sppscl.method import SPPSCL, SPPSCLConfig
 from mmbench.recipes.loader import resolve
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "sppscl.safetensors"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "sppscl.json"
 TOL = 1e-5
 D = 32
 
