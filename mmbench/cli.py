@@ -90,7 +90,7 @@ def ls(what: str = typer.Argument(..., help="papers | recipes | datasets | metho
         for name in DATASETS.names():
             typer.echo(name)
     elif what == "methods":
-        from mmbench.papers import method_registry
+        from mmbench.registry import method_registry
 
         for name in method_registry.names():
             typer.echo(name)

@@ -45,3 +45,19 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return f"unknown {kind} {name!r}{hint} (known: {', '.join(known) or 'none'})"
+
+
+# The methods (one per paper's model + training procedure), by name. This table lives on the lowest
+# floor so the engine and the recipe loader depend on it alone; `mmbench.papers` stays a leaf that
+# nothing below it imports, and a method module is imported only when its name is asked for.
+method_registry: Registry = Registry(
+    "method",
+    {
+        "text_tmsc": "mmbench.papers.baselines.method:TextTMSC",
+        "itm": "mmbench.papers.itm.method:ITM",
+        "dtca": "mmbench.papers.dtca.method:DTCA",
+        "cmcs": "mmbench.papers.cmcs.method:CMCS",
+        "sppscl": "mmbench.papers.sppscl.method:SPPSCL",
+        "dcpa": "mmbench.papers.dcpa.method:DCPA",
+    },
+)

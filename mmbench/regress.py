@@ -7,9 +7,9 @@ sweep points, variants) on the paper's first dataset, so a dead component shows 
 equal to the full model's (tests/shared/test_goldens.py checks that).
 
 How bands are derived (`update_goldens`): smoke runs compute in float64 (`mmbench.engine.precision`),
-and each row is run once under each of `PLATFORMS` — torch's instruction-set levels and thread counts,
+and each row is run once under each of `goldens.PLATFORMS` — torch's instruction-set levels and thread counts,
 in fresh processes because torch reads ATEN_CPU_CAPABILITY at start-up. The band of a metric is
-SPREAD_FACTOR × the spread seen across them, but at least a floor far below a printed digit (FLOORS).
+SPREAD_FACTOR × the spread seen across them, but at least a floor far below a printed digit (`goldens.FLOORS`).
 """
 
 from __future__ import annotations
@@ -22,18 +22,8 @@ import tempfile
 from pathlib import Path
 
 from mmbench.errors import MmbenchError
+from mmbench.results.goldens import PLATFORMS
 
-# The platform perturbations a golden must survive: every instruction-set level torch can pick on
-# x86-64 (DEFAULT is plain C++, no SIMD) and one and two threads (other summation orders).
-PLATFORMS = (
-    {"ATEN_CPU_CAPABILITY": "default", "MMBENCH_THREADS": "1"},
-    {"ATEN_CPU_CAPABILITY": "avx2", "MMBENCH_THREADS": "2"},
-    {"ATEN_CPU_CAPABILITY": "avx512", "MMBENCH_THREADS": "1"},
-)
-SPREAD_FACTOR = 100.0
-# Floors: metrics are percentages printed with 2 decimals, losses with 4 digits; float64 smoke runs
-# agree to ~1e-10 across platforms, so a floor of 1e-6 is 4 orders above the noise and 4 below a digit.
-FLOORS = {"metric": 1e-6, "loss_relative": 1e-7, "loss_absolute": 1e-9}
 
 
 def paper_datasets(paper: str) -> list[str]:

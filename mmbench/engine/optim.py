@@ -88,22 +88,19 @@ class BertAdam(torch.optim.Optimizer):
 
 
 def schedule_factor(cfg: ScheduleCfg, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base learning rate after `step` optimiser steps."""
+    """Multiplier of the base learning rate after `step` optimiser steps, for the schedules written
+    here by hand (see `build_scheduler` for why each is not a library one)."""
     if cfg.name == "constant":
         return 1.0
     if cfg.name == "bert_warmup_linear":  # the factor released BERT loops set before each step
         return bert_warmup_linear(step / (cfg.t_total or total_steps), cfg.warmup_ratio)
-    if cfg.name == "linear_warmup":
-        # linear warm-up over warmup_ratio of training, then linear decay to 0 (BERT's schedule)
-        warmup = int(cfg.warmup_ratio * total_steps)
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-    epoch = step // max(1, steps_per_epoch)
-    if cfg.name == "step":
-        return cfg.gamma ** (epoch // cfg.step_size)
-    # cosine annealing with warm restarts, period t0 epochs multiplied by t_mult after each restart
-    t_cur, period = epoch, cfg.t0
+    if cfg.name != "cosine_restarts":
+        raise ValueError(f"schedule {cfg.name!r} is a library scheduler: build it with build_scheduler")
+    # cosine annealing with warm restarts at epoch granularity: the value of torch's
+    # CosineAnnealingWarmRestarts(T_0=t0, T_mult=t_mult) stepped once per epoch (tests/shared/test_engine.py
+    # checks the equality), as a pure function of the epoch because DCPA restarts it at its second
+    # stage from its own epoch counter (a stateful scheduler would have to be rebuilt per stage)
+    t_cur, period = step // max(1, steps_per_epoch), cfg.t0
     while t_cur >= period:
         t_cur -= period
         period *= cfg.t_mult
@@ -112,6 +109,18 @@ def schedule_factor(cfg: ScheduleCfg, step: int, total_steps: int, steps_per_epo
 
 
 def build_scheduler(optimizer, cfg: ScheduleCfg, total_steps: int, steps_per_epoch: int):
+    """The recipe's schedule, stepped once after every optimiser step. Library schedulers where one
+    computes the schedule: `linear_warmup` is Hugging Face's (the schedule HF Trainer builds for a
+    warmup ratio, warm-up steps = ceil(ratio × total) as TrainingArguments.get_warmup_steps rounds),
+    `step` is torch's StepLR with its period converted from epochs to optimiser steps. Hand-written:
+    `bert_warmup_linear` (the released BERT loops' factor, for parity: no library has it) and the
+    epoch-granular `cosine_restarts` (see `schedule_factor`)."""
+    if cfg.name == "linear_warmup":
+        from transformers import get_linear_schedule_with_warmup
+
+        return get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    if cfg.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size * max(1, steps_per_epoch), gamma=cfg.gamma)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: schedule_factor(cfg, step, total_steps, steps_per_epoch)
     )

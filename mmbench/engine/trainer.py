@@ -19,6 +19,7 @@ from mmbench.engine.prefetch import eval_loader, train_loader
 from mmbench.engine.throughput import EpochMeter, apply_gpu_switches, fused_optimizer, run_summary
 from mmbench.engine.runtime import World, barrier, check_device, gather_objects, init_world, pick_device, pick_precision, seed_everything
 from mmbench.errors import MmbenchError
+from mmbench.registry import method_registry
 from mmbench.results import store
 
 # Test hook: raise after this many optimiser-loop steps, to prove that --resume recovers a killed run.
@@ -37,7 +38,6 @@ class Session:
 def build_session(resolved, seed: int, device: str | None = None, world: World | None = None,
                   run_dir: Path | None = None) -> Session:
     from mmbench.data.prepare import load_prepared
-    from mmbench.papers import method_registry
 
     recipe = resolved.recipe
     _set_threads(resolved.smoke)

@@ -1,16 +1,2 @@
-"""Methods (one file per paper's model + training procedure), registered lazily by name:
-importing this package imports no method; `method_registry.get(name)` imports the one asked for."""
-
-from mmbench.registry import Registry
-
-method_registry = Registry(
-    "method",
-    {
-        "text_tmsc": "mmbench.papers.baselines.method:TextTMSC",
-        "itm": "mmbench.papers.itm.method:ITM",
-        "dtca": "mmbench.papers.dtca.method:DTCA",
-        "cmcs": "mmbench.papers.cmcs.method:CMCS",
-        "sppscl": "mmbench.papers.sppscl.method:SPPSCL",
-        "dcpa": "mmbench.papers.dcpa.method:DCPA",
-    },
-)
+"""One package per paper (its model, training procedure, data reader where only it reads the format).
+The name → method table is `mmbench.registry.method_registry`: nothing below this package imports it."""

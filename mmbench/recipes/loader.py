@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from mmbench.errors import RecipeError, located
 from mmbench.paths import recipe_files
 from mmbench.recipes.schema import PaperCfg, Recipe
+from mmbench.registry import method_registry
 
 # Lists that a child recipe adds to instead of replacing.
 _CONCAT_KEYS = ("deviations", "assumptions")
@@ -199,8 +200,6 @@ def validation_message(source: str, exc: ValidationError, schema: type[BaseModel
 
 
 def resolve(name_or_path: str, overrides: list[str] | None = None, smoke: bool = False) -> ResolvedRecipe:
-    from mmbench.papers import method_registry
-
     path, name = _locate(name_or_path)
     data = load_raw(path)
     overrides = list(overrides or [])

@@ -7,8 +7,8 @@ Why the bands hold on every machine and still catch every real change:
   instruction sets and thread counts, and training amplifies it into whole points; in float64 the
   same differences stay around 1e-10 after a smoke training;
 - a band is measured, not guessed: `mmbench.regress.update_goldens` runs every row under each
-  platform perturbation (`regress.PLATFORMS`: ATEN_CPU_CAPABILITY default/avx2/avx512, 1 and 2
-  threads) and sets band = SPREAD_FACTOR × the spread seen, at least a floor (`regress.FLOORS`) that
+  platform perturbation (`PLATFORMS`: ATEN_CPU_CAPABILITY default/avx2/avx512, 1 and 2
+  threads) and sets band = SPREAD_FACTOR × the spread seen, at least a floor (`FLOORS`) that
   is orders of magnitude below a printed digit. Each file records how its bands were derived.
 A deliberate change (a learning rate ×2, a loss term off, a changed constant) moves numbers by far more
 than 1e-6, so it leaves the band; tests/shared/test_goldens.py proves each kind.
@@ -25,6 +25,17 @@ from mmbench.errors import MmbenchError
 from mmbench.paths import results_dir
 from mmbench.results.store import atomic_write_json
 
+# The platform perturbations a golden must survive: every instruction-set level torch can pick on
+# x86-64 (DEFAULT is plain C++, no SIMD) and one and two threads (other summation orders).
+PLATFORMS = (
+    {"ATEN_CPU_CAPABILITY": "default", "MMBENCH_THREADS": "1"},
+    {"ATEN_CPU_CAPABILITY": "avx2", "MMBENCH_THREADS": "2"},
+    {"ATEN_CPU_CAPABILITY": "avx512", "MMBENCH_THREADS": "1"},
+)
+SPREAD_FACTOR = 100.0
+# Floors: metrics are percentages printed with 2 decimals, losses with 4 digits; float64 smoke runs
+# agree to ~1e-10 across platforms, so a floor of 1e-6 is 4 orders above the noise and 4 below a digit.
+FLOORS = {"metric": 1e-6, "loss_relative": 1e-7, "loss_absolute": 1e-9}
 
 
 @dataclass
@@ -83,8 +94,6 @@ def band_for(key: str, values: list[float], spread_factor: float, floors: dict) 
 def entry_with_bands(results: list[dict], overrides: list[str], platforms) -> dict:
     """One golden entry from the same row run under each platform: value = the first platform's,
     band derived from the spread of all (see module docstring)."""
-    from mmbench.regress import FLOORS, SPREAD_FACTOR
-
     flats = [flatten(r) for r in results]
     first = results[0]
     metrics = {}
@@ -107,8 +116,6 @@ def entry_with_bands(results: list[dict], overrides: list[str], platforms) -> di
 def write_goldens(paper: str, entries: list[dict], reason: str, replace_all: bool = False) -> Path:
     """Replace (or add) these entries, keyed by recipe and overrides; other entries stay unless
     `replace_all`. The reason and the earlier reasons are kept as history."""
-    from mmbench.regress import FLOORS, PLATFORMS, SPREAD_FACTOR
-
     path = goldens_path(paper)
     history = []
     if path.exists():

@@ -115,19 +115,48 @@ def test_batch_plans_are_seeded_by_epoch_and_cover_every_example():
     assert sorted(eval_shard(7, world[0]) + eval_shard(7, world[1])) == list(range(7))
 
 
-def test_schedules():
-    warm = ScheduleCfg(name="linear_warmup", warmup_ratio=0.1)
-    assert schedule_factor(warm, 0, 100, 10) == pytest.approx(0.1)
-    assert schedule_factor(warm, 9, 100, 10) == pytest.approx(1.0)
-    assert schedule_factor(warm, 55, 100, 10) == pytest.approx(0.5)
-    step = ScheduleCfg(name="step", step_size=2, gamma=0.5)
-    assert [schedule_factor(step, e * 10, 100, 10) for e in range(5)] == [1, 1, 0.5, 0.5, 0.25]
+def _lr_factors(cfg: ScheduleCfg, total: int, per_epoch: int) -> list[float]:
+    """The lr factor the engine's scheduler gives before each of `total` optimiser steps."""
+    from mmbench.engine.optim import build_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler, factors = build_scheduler(opt, cfg, total, per_epoch), []
+    for _ in range(total):
+        factors.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return factors
+
+
+def test_library_schedules_compute_the_recipes_curves():
+    # linear_warmup = HF Trainer's schedule for warmup_ratio 0.1: ceil(0.1 × 95) = 10 warm-up steps from 0
+    warm = _lr_factors(ScheduleCfg(name="linear_warmup", warmup_ratio=0.1), 95, 10)
+    assert warm[:2] == pytest.approx([0.0, 0.1]) and warm[10] == pytest.approx(1.0)
+    assert warm[50] == pytest.approx(45 / 85) and warm[-1] == pytest.approx(1 / 85)
+    assert _lr_factors(ScheduleCfg(name="linear_warmup"), 4, 2) == pytest.approx([1, 0.75, 0.5, 0.25])  # no warm-up
+    # step: ×gamma every step_size epochs, whatever the steps per epoch
+    step = _lr_factors(ScheduleCfg(name="step", step_size=2, gamma=0.5), 50, 10)
+    assert step[::10] == pytest.approx([1, 1, 0.5, 0.5, 0.25]) and step[19:21] == pytest.approx([1, 0.5])
+
+
+def test_hand_written_schedules():
     cosine = ScheduleCfg(name="cosine_restarts", t0=2)
     assert schedule_factor(cosine, 0, 100, 10) == 1.0
     assert schedule_factor(cosine, 10, 100, 10) == pytest.approx(0.5)
     assert schedule_factor(cosine, 20, 100, 10) == 1.0  # restart
     bert = ScheduleCfg(name="bert_warmup_linear", warmup_ratio=0.1, t_total=50)  # x = step/50
     assert [schedule_factor(bert, s, 999, 10) for s in (0, 2, 5, 25, 50, 55)] == pytest.approx([0, 0.4, 0.9, 0.5, 0, -0.1])
+
+
+def test_cosine_restarts_equal_torchs_scheduler_stepped_per_epoch():
+    cfg = ScheduleCfg(name="cosine_restarts", t0=3, t_mult=2, eta_min=0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    torch_sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3, T_mult=2, eta_min=0.2)
+    for epoch in range(20):
+        assert 2.0 * schedule_factor(cfg, epoch * 7 + 3, 999, 7) == pytest.approx(opt.param_groups[0]["lr"]), epoch
+        opt.step()
+        torch_sched.step()
+    assert _lr_factors(cfg, 21, 7)[::7] == pytest.approx([schedule_factor(cfg, e * 7, 21, 7) for e in range(3)])
 
 
 def _bertadam_reference(param, grads, lr, lr_factors, b1=0.9, b2=0.999, eps=1e-6, wd=0.01):

@@ -7,7 +7,7 @@ import torch
 
 from mmbench.engine.method import Method
 from mmbench.metrics.classification import classification_metrics
-from mmbench.papers import method_registry
+from mmbench.registry import method_registry
 from pydantic import BaseModel, ConfigDict
 
 
@@ -82,7 +82,7 @@ def test_walkthrough_adds_a_sixth_paper_end_to_end(mm_env, monkeypatch, capsys):
     (recipes / "toy" / "twitter15.yaml").write_text(RECIPE)
     (recipes / "toy" / "paper.yaml").write_text(PAPER)
     monkeypatch.setenv("MMBENCH_RECIPES", str(recipes))
-    monkeypatch.setitem(method_registry._entries, "toy_bow", ToyBagOfWords)  # = one line in papers/__init__.py
+    monkeypatch.setitem(method_registry._entries, "toy_bow", ToyBagOfWords)  # = one line in mmbench/registry.py
 
     run_plan("toy", "twitter15", n_seeds=None, smoke=True, dry_run=False, skip_existing=False, device="cpu")
     table = capsys.readouterr().out
