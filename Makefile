@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # PyPI's torchvision 0.29 does not import beside the CPU-only torch 2.13 (see README "Install").
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast test-portable tables validate clean real-check rehearse check-wheel
+.PHONY: install demo test test-fast test-portable test-durations tables validate clean real-check rehearse check-wheel
 
 $(BIN)/mmbench: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -24,18 +24,27 @@ demo: install
 	MMBENCH_DATA=$${MMBENCH_DATA:-build/demo/data} MMBENCH_RUNS=$${MMBENCH_RUNS:-build/demo/runs} \
 		$(BIN)/mmbench reproduce itm --dataset twitter15 --smoke --skip-existing
 
+# Both cores: pytest-xdist, two workers that steal work from each other; the golden rows run in the
+# test process and again under another instruction set and thread count (tests/shared/test_goldens.py).
+PYTEST_PARALLEL ?= -n 2 --dist worksteal
 test: install
 	$(BIN)/mmbench validate
-	$(BIN)/python -m pytest -q
-	$(MAKE) test-portable
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
-# The golden smoke runs again under another instruction set and thread count: the bands must hold
-# on every x86-64 CPU (mmbench.results.goldens), so CI proves it on each run.
+# The golden rows alone under AVX2 with two threads (also part of `make test`).
 test-portable: install
-	ATEN_CPU_CAPABILITY=avx2 MMBENCH_THREADS=2 $(BIN)/python -m pytest -q tests/shared/test_goldens.py -k "stays_in_its_golden_band"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests/shared/test_goldens.py -k "another_platform"
 
+# The edit-test loop: everything not marked slow.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
+
+# Where `make test`'s time goes: wall and CPU seconds per test (top 30 by CPU) and in all, measured in one
+# run (CPU seconds do not depend on what else the machine runs; wall seconds do).
+test-durations: install
+	rm -rf build/test-times && mkdir -p build/test-times
+	MMBENCH_TEST_TIMES=build/test-times $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=30
+	$(BIN)/python scripts/test_durations.py build/test-times --top 30
 
 # Every paper table, regenerated from the finished (full, non-smoke) runs under runs/.
 tables: install

@@ -111,10 +111,15 @@ def _finish(platform: dict, proc) -> list[dict]:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def run_rows_under(platform: dict, rows: list[tuple[str, list[str]]]) -> list[dict]:
+    """Smoke rows run in a fresh process under one platform's environment (one result per row)."""
+    return _finish(platform, _start(platform, rows))
+
+
 def _run_rows_on_every_platform(rows: list[tuple[str, list[str]]]) -> list[list[dict]]:
     """The first platform alone (it prepares synthetic data and feature caches, which are shared),
     then the others at once: they share the CPU, and only their results count."""
-    first = _finish(PLATFORMS[0], _start(PLATFORMS[0], rows))
+    first = run_rows_under(PLATFORMS[0], rows)
     rest = [(platform, _start(platform, rows)) for platform in PLATFORMS[1:]]
     return [first] + [_finish(platform, proc) for platform, proc in rest]
 

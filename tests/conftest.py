@@ -37,3 +37,37 @@ def real_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not present: {path}")
     return path
+
+
+# `make test-durations`: with MMBENCH_TEST_TIMES=DIR each test process (each xdist worker) writes the
+# wall and CPU seconds of every test it ran (CPU: this process and the subprocesses it waited for),
+# summed up by scripts/test_durations.py. CPU seconds are what two cores share, whatever else runs.
+_TIMES: dict[str, tuple[float, float]] = {}
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not os.environ.get("MMBENCH_TEST_TIMES"):
+        yield
+        return
+    import time
+
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    yield
+    _TIMES[item.nodeid] = (time.perf_counter() - wall, _cpu_seconds() - cpu)
+
+
+def pytest_sessionfinish(session):
+    folder = os.environ.get("MMBENCH_TEST_TIMES")
+    if folder and _TIMES:
+        import json
+
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        Path(folder, f"times-{worker}.json").write_text(json.dumps(_TIMES))
