@@ -53,7 +53,7 @@ def _poke(path: Path) -> None:
 
 @pytest.mark.parametrize("case", ["edited", "touched", "edited-mtime-restored"])
 def test_a_feature_file_changed_after_prepare_is_refused(case, scan_prepared, monkeypatch):
-    from mmbench.data.formats.scan import VERIFY_ENV, open_features
+    from mmbench.data.formats.scan import open_features
 
     path, manifest = scan_prepared
     assert open_features(manifest, "test").shape[0] > 0
@@ -66,7 +66,7 @@ def test_a_feature_file_changed_after_prepare_is_refused(case, scan_prepared, mo
     if case == "edited-mtime-restored":  # the fast path cannot see it; a full check on request does
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         open_features(manifest, "test")
-        monkeypatch.setenv(VERIFY_ENV, "1")
+        monkeypatch.setenv("MMBENCH_VERIFY_DATA", "1")
     with pytest.raises(DataError, match="changed since prepare") as caught:
         open_features(manifest, "test")
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
