@@ -175,7 +175,15 @@ def train(recipe: str, seed: Optional[int] = typer.Option(None, help="default: t
             raise MmbenchError(f"--subset {subset!r}: expected 'smoke' or a number")
         overrides.append(f"data.subset={int(subset)}")
     resolved = resolve(recipe, overrides, smoke=smoke)
+    if seed is not None:
+        from mmbench.recipes.loader import check_seed
+
+        check_seed(seed, "--seed")
     seed = resolved.recipe.train.seeds[0] if seed is None else seed
+    if resume:
+        from mmbench.results.store import check_resume, run_dir
+
+        check_resume(run_dir(resolved, seed))
     result = fit(resolved, seed, resume=resume, device=device, log=_logger())
     typer.echo(f"done: {result['run_dir']}")
     for split in ("dev", "test"):

@@ -122,19 +122,32 @@ def recipe_files() -> dict[str, RecipeFile]:
     return found
 
 
+def env_path(name: str) -> Path | None:
+    """A folder named by an environment variable; None when unset. Set but empty (`MMBENCH_RUNS=`) is an
+    error: Path("") is the current directory, and runs or data would land wherever the command ran."""
+    if name not in os.environ:
+        return None
+    value = os.environ[name]
+    if not value.strip() or "\x00" in value:
+        from mmbench.errors import MmbenchError
+
+        raise MmbenchError(f"{name}={value!r}: an empty folder name; unset {name} for the default or name a folder")
+    return Path(value)
+
+
 def data_root() -> Path:
     """Raw and prepared data: <root>/raw/<dataset>, <root>/prepared/<dataset>[-synthetic]."""
-    return Path(os.environ.get("MMBENCH_DATA", Path.cwd() / "data"))
+    return env_path("MMBENCH_DATA") or Path.cwd() / "data"
 
 
 def runs_root() -> Path:
-    return Path(os.environ.get("MMBENCH_RUNS", Path.cwd() / "runs"))
+    return env_path("MMBENCH_RUNS") or Path.cwd() / "runs"
 
 
 def results_dir() -> Path:
     """Goldens and committed tables in a checkout; ./results when installed."""
-    if "MMBENCH_RESULTS" in os.environ:
-        return Path(os.environ["MMBENCH_RESULTS"])
+    if env_path("MMBENCH_RESULTS") is not None:
+        return env_path("MMBENCH_RESULTS")
     root = checkout_root()
     return root / "results" if root is not None else Path.cwd() / "results"
 
@@ -142,7 +155,7 @@ def results_dir() -> Path:
 def bench_results_dir() -> Path:
     """Where benchmarks write their JSON: the checkout's benchmarks/results (committed evidence), or
     ./benchmarks/results when installed (never inside site-packages); MMBENCH_BENCH_RESULTS overrides."""
-    if "MMBENCH_BENCH_RESULTS" in os.environ:
-        return Path(os.environ["MMBENCH_BENCH_RESULTS"])
+    if env_path("MMBENCH_BENCH_RESULTS") is not None:
+        return env_path("MMBENCH_BENCH_RESULTS")
     root = checkout_root()
     return (root if root is not None else Path.cwd()) / "benchmarks" / "results"

@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 from mmbench import __version__
+from mmbench.data.atomic_dir import build_atomically, finish_interrupted, held_temp_dir, swap_in
 from mmbench.data.catalog import DatasetSpec, get_dataset
 from mmbench.data.images import safe_image_path
 from mmbench.errors import DataError
@@ -72,16 +71,17 @@ def prepare(
     images_given = images
     out = out or prepared_dir(name, synthetic)
     if synthetic:
+        generated = raw is None  # our own folder under data/raw: rebuilt when half-written
         raw = raw or data_root() / "raw" / f"{name}-synthetic"
         images = images or raw / "images"
-        if not raw.exists():
-            spec.write_synthetic(raw, images)
+        write_synthetic_raw(spec, raw, images, generated)
     raw = raw or data_root() / "raw" / name
     if not raw.is_dir():
         raise DataError(f"{raw}: raw data for {name} not found; get it from {spec.source} and pass --raw DIR")
     if images_given is not None and not images.is_dir():
         raise DataError(f"{images}: --images folder not found" if not images.exists() else f"{images}: --images is not a folder")
     images = images or data_root() / "images" / name
+    finish_interrupted(out)  # a prepare killed mid-swap: the old output comes back before anything is checked
     check_out(out, raw, images)
 
     splits, files = {}, {}
@@ -113,18 +113,36 @@ def prepare(
         "count_check": "synthetic (not checked)" if synthetic else ("ok" if not problems else "mismatch allowed: " + "; ".join(problems)),
         "missing_images": missing,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with held_temp_dir(out) as tmp:  # see mmbench.data.atomic_dir: whole or not at all, even when killed
         DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()}).save_to_disk(str(tmp / "dataset"))
         if spec.prepare_extra is not None:
             manifest["extra"] = spec.prepare_extra(raw=raw, out=tmp, images=images, splits=splits, synthetic=synthetic,
                                                    allow_count_mismatch=allow_count_mismatch)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        swap_in(tmp, out)
     return manifest
+
+
+SYNTHETIC_MARK = ".mmbench-synthetic-complete"
+
+
+def write_synthetic_raw(spec: DatasetSpec, raw: Path, images: Path, generated: bool) -> None:
+    """The synthetic raw files, generated into a temp folder and renamed into place with a marker file
+    written last. A folder of ours without the marker (a generator killed before this change, or a
+    copy cut short) is rebuilt; a folder given with --raw is the user's and used as it is."""
+    finish_interrupted(raw)
+    if raw.exists() and (not generated or (raw / SYNTHETIC_MARK).exists()):
+        return
+    if raw.exists():  # ours and half-written
+        with held_temp_dir(raw, "old") as old:
+            os.replace(raw, old / "previous")
+
+    def build(tmp: Path) -> None:
+        inside = images.resolve().is_relative_to(raw.resolve())
+        spec.write_synthetic(tmp, tmp / images.resolve().relative_to(raw.resolve()) if inside else images)
+        (tmp / SYNTHETIC_MARK).write_text("written whole by mmbench prepare --synthetic\n")
+
+    build_atomically(raw, build)
 
 
 def _count_missing_images(images: Path, splits: dict[str, list[dict]]) -> dict[str, int] | None:
@@ -167,23 +185,13 @@ def check_out(out: Path, raw: Path, images: Path | None) -> None:
                         "give a new or empty folder")
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "previous")
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def load_prepared(name: str, synthetic: bool = False, root: Path | None = None, auto_synthetic: bool = True):
     """The prepared DatasetDict and its manifest; synthetic data is prepared on first use."""
     from datasets import load_from_disk
 
     _quiet_datasets()
     path = prepared_dir(name, synthetic, root)
+    finish_interrupted(path)
     if not (path / MANIFEST).exists():
         if synthetic and auto_synthetic:
             prepare(name, synthetic=True, out=path)

@@ -45,7 +45,20 @@ def save_checkpoint(path: Path, model, optimizers: dict, schedulers: dict, loop_
         "rng": rng_state(),
         "loop": plain(loop_state),
     }
-    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+    atomic_write_with(path, lambda tmp: _save(state, path, tmp))
+
+
+def _save(state: dict, path: Path, tmp: str) -> None:
+    """torch.save reports a full disk as a RuntimeError from its zip writer that names no file."""
+    try:
+        torch.save(state, tmp)
+    except (RuntimeError, OSError) as exc:
+        try:
+            stat = os.statvfs(Path(path).parent)
+            free = f"; {stat.f_bavail * stat.f_frsize / 1e6:.0f} MB free there"
+        except OSError:
+            free = ""
+        raise MmbenchError(f"{path}: writing the checkpoint failed ({_first_line(exc)}): disk full or over a size limit?{free}") from None
 
 
 def pending_best(ckpt_dir: Path, epoch: int) -> Path:

@@ -295,13 +295,14 @@ def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", devic
     recipe_file = run / "recipe.yaml"
     if not run.is_dir() or not recipe_file.is_file():
         raise MmbenchError(f"{run}: not a run directory (recipe.yaml missing)")
-    path = checkpoint_path(run, checkpoint)
-    saved = store.load_metrics(run) or {}
-    resolved: ResolvedRecipe = resolve(str(recipe_file))
-    resolved.smoke = bool(saved.get("smoke"))
-    seed = int(saved.get("seed", run.name.split("-")[0].removeprefix("seed") or 0))
-    with float64_compute(_is_float64(resolved)):
-        return _evaluate_checkpoint(run, resolved, seed, split, path, device)
+    with store.reader_lock(run):  # a run being trained is refused: its trainer owns recovery and best-pending
+        path = checkpoint_path(run, checkpoint)
+        saved = store.load_metrics(run) or {}
+        resolved: ResolvedRecipe = resolve(str(recipe_file))
+        resolved.smoke = bool(saved.get("smoke"))
+        seed = int(saved.get("seed", run.name.split("-")[0].removeprefix("seed") or 0))
+        with float64_compute(_is_float64(resolved)):
+            return _evaluate_checkpoint(run, resolved, seed, split, path, device)
 
 
 def checkpoint_path(run: Path, checkpoint: str) -> Path:

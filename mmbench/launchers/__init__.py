@@ -67,10 +67,35 @@ def make_jobs(pairs, device: str | None) -> list[Job]:
 
 
 def read_launch(run_dir: Path) -> dict:
+    """The run's launch record, or {} when there is none or it is damaged (see `launch_problem`)."""
+    return _read_launch(run_dir)[0]
+
+
+def launch_problem(run_dir: Path) -> str | None:
+    """What is wrong with a run's launch.json (not JSON, not an object, a pid that is no pid), or None.
+    Every file `status` reads is untrusted: a damaged one is reported on the run's row and ignored."""
+    return _read_launch(run_dir)[1]
+
+
+def _read_launch(run_dir: Path) -> tuple[dict, str | None]:
+    path = run_dir / LAUNCH_FILE
     try:
-        return json.loads((run_dir / LAUNCH_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        return {}, f"{path}: unreadable ({type(exc).__name__}), ignored"
+    if not isinstance(data, dict):
+        return {}, f"{path}: a JSON {type(data).__name__}, not a launch record, ignored"
+    pid = data.get("pid")
+    if pid is not None and not valid_pid(pid):
+        data.pop("pid")
+        return data, f"{path}:pid: {json.dumps(pid)[:30]} is not a process id, ignored"
+    return data, None
+
+
+def valid_pid(pid) -> bool:
+    return isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**22  # Linux's pid_max limit
 
 
 def write_launch(run_dir: Path, **fields) -> dict:
@@ -95,15 +120,21 @@ def _trainer_holder(run_dir: Path) -> str | None:
     even briefly, could make a trainer starting at that instant fail). Only a live pid on this host counts."""
     try:
         words = (run_dir / store.LOCK_FILE).read_text().split()
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, ValueError):  # ValueError: a lock file that is not UTF-8
         return None
-    if len(words) == 4 and words[0] == "pid" and words[1].isdigit() and words[3] == socket.gethostname() and _pid_alive(int(words[1])):
+    if len(words) == 4 and words[0] == "pid" and words[1].isascii() and words[1].isdigit() and valid_pid(int(words[1])) and words[3] == socket.gethostname() and _pid_alive(int(words[1])):
         return " ".join(words)
     return None
 
 
 def run_state(run_dir: Path) -> tuple[str, str]:
-    """(state, detail) of one run dir; state is one of STATES."""
+    """(state, detail) of one run dir; state is one of STATES. A damaged launch.json is named in the detail."""
+    state, detail = _run_state(run_dir)
+    problem = launch_problem(run_dir)
+    return state, "; ".join(part for part in (detail, problem) if part)
+
+
+def _run_state(run_dir: Path) -> tuple[str, str]:
     if (run_dir / store.METRICS_FILE).exists():
         return "done", ""
     holder = _trainer_holder(run_dir)

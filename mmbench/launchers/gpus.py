@@ -5,10 +5,13 @@ is recorded and reported at the end; the others go on. Each child's stdout and s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 
@@ -44,8 +47,45 @@ def _start(job: Job, gpu: str) -> subprocess.Popen:
                                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGTERM/SIGHUP to the launcher raise SystemExit, so the `finally` that stops its workers runs (by
+    default Python dies on them at once and the workers train on as orphans)."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """SIGTERM every worker, then SIGKILL the ones still alive after `grace_s`; reap them all."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run(jobs: list[Job], gpus: list[str], log, poll_s: float = 0.2) -> list[tuple[Job, str, str]]:
     """Run every job; [(job, 'done'|'failed', detail)] in plan order."""
+    with _signals_raise():
+        return _run(jobs, gpus, log, poll_s)
+
+
+def _run(jobs: list[Job], gpus: list[str], log, poll_s: float) -> list[tuple[Job, str, str]]:
     queue, active, results = deque(jobs), {}, {}
     try:
         while queue or active:
@@ -71,8 +111,8 @@ def run(jobs: list[Job], gpus: list[str], log, poll_s: float = 0.2) -> list[tupl
                         write_launch(job.run_dir, state="failed", error=error)
                     results[id(job)] = (job, "failed", f"{error} (log: {job.run_dir / LOG_FILE})")
                     log(f"FAIL  {job.label}: {error}")
-    finally:
-        for job, proc in active.values():  # interrupted: stop the children, their runs resume next time
-            proc.terminate()
+    finally:  # interrupted (Ctrl-C, SIGTERM, an error): stop the children, their runs resume next time
+        _stop([proc for _, proc in active.values()])
+        for job, _ in active.values():
             write_launch(job.run_dir, state="failed", error="interrupted")
     return [results[id(job)] for job in jobs]

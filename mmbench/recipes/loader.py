@@ -93,16 +93,67 @@ def _read_recipe_text(path: Path) -> str:
         raise RecipeError(located(path, line, f"not UTF-8 (byte 0x{data[exc.start]:02x}); save the recipe as UTF-8")) from None
 
 
+# A recipe is a few hundred values; aliases may share a node, but the tree they expand to is bounded
+# (a "billion laughs" block of nested aliases expands to 10^9 values when it is merged and dumped).
+MAX_YAML_NODES = 100_000
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(_read_recipe_text(path))
+        loader = yaml.SafeLoader(_read_recipe_text(path))
+        try:
+            node = loader.get_single_node()
+            _check_expanded_size(path, node)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = mark.line + 1 if mark else None
         raise RecipeError(located(path, where, f"invalid YAML: {getattr(exc, 'problem', exc)}")) from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    _check_plain(path, data)
     return data
+
+
+def _check_expanded_size(path: Path, root) -> None:
+    """The node count the document expands to with every alias copied out (memoised per node, so a
+    shared node costs one visit); over MAX_YAML_NODES is refused before anything is built from it."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)] if root is not None else []
+    while stack:
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        if not done:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        sizes[id(node)] = min(1 + sum(sizes.get(id(c), 1) for c in children), MAX_YAML_NODES + 1)
+        if sizes[id(node)] > MAX_YAML_NODES:
+            raise RecipeError(located(path, node.start_mark.line + 1, f"expands to over {MAX_YAML_NODES} values "
+                                                                      "(nested aliases?); a recipe is a few hundred"))
+
+
+def _check_plain(path: Path, value: Any, key: str = "") -> None:
+    """Only what JSON can hold: YAML's dates, sets and binary values are no recipe value (they break the
+    config hash and the smoke overrides far from the file that holds them)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            where = f"{key}.{name}" if key else str(name)
+            if not isinstance(name, _PLAIN):
+                raise RecipeError(located(path, key or None, f"key {name!r} is a {type(name).__name__}; keys are plain names"))
+            _check_plain(path, item, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_plain(path, item, f"{key}[{i}]")
+    elif not isinstance(value, _PLAIN):
+        raise RecipeError(located(path, key, f"a YAML {type(value).__name__} is not a recipe value "
+                                             "(use a string, number, boolean, list or mapping)"))
 
 
 def deep_merge(base: dict, child: dict) -> dict:
@@ -123,6 +174,7 @@ def load_raw(path: Path) -> dict[str, Any]:
     parent_ref = data.get("extends")
     if parent_ref is None:
         return data
+    _check_extends(path, parent_ref)
     if isinstance(parent_ref, str) and not parent_ref.endswith(".yaml"):
         return _extend_by_name(path, data, parent_ref)
     parent_path = (path.parent / parent_ref).resolve()
@@ -133,6 +185,13 @@ def load_raw(path: Path) -> dict[str, Any]:
         )
     merged = deep_merge(parent, data)
     return merged
+
+
+def _check_extends(path: Path, ref: Any) -> None:
+    if not isinstance(ref, str) or not ref.strip():
+        raise RecipeError(located(path, "extends", f"expected a recipe name or a .yaml file name, found {ref!r}"))
+    if "\x00" in ref or not ref.isprintable():
+        raise RecipeError(located(path, "extends", f"{ref!r} holds a control character (NUL?); expected a file name"))
 
 
 def _extend_by_name(path: Path, data: dict, parent_name: str) -> dict:
@@ -204,6 +263,8 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, smoke: bool =
     data = load_raw(path)
     overrides = list(overrides or [])
     # the smoke block applies first, so a user's --set still wins; only user overrides are recorded
+    if not isinstance(data.get("smoke") or {}, dict):
+        raise RecipeError(located(path, "smoke", f"expected a mapping of key.path: value, found {type(data['smoke']).__name__}"))
     smoke_sets = ["data.synthetic=true", *(f"{k}={json.dumps(v)}" for k, v in (data.get("smoke") or {}).items())] if smoke else []
     for text in [*smoke_sets, *overrides]:
         keys, value = parse_override(text)
@@ -248,6 +309,8 @@ def check_ranges(source: str, recipe: Recipe) -> None:
     train = recipe.train
     if not train.seeds:
         raise RecipeError(located(source, "train.seeds", "needs at least one seed"))
+    for seed in train.seeds:
+        check_seed(seed, located(source, "train.seeds", ""))
     if len(set(train.seeds)) != len(train.seeds):
         raise RecipeError(located(source, "train.seeds", f"duplicate seeds {train.seeds}"))
     if recipe.data.subset is not None and recipe.data.subset < 1:
@@ -261,6 +324,15 @@ def check_ranges(source: str, recipe: Recipe) -> None:
             raise RecipeError(located(source, f"train.optimizers.{name}.lr", f"must be a positive number, found {opt.lr}"))
         if opt.weight_decay < 0:
             raise RecipeError(located(source, f"train.optimizers.{name}.weight_decay", f"must be ≥ 0, found {opt.weight_decay}"))
+
+
+MAX_SEED = 2**32  # numpy's seed range; torch's generators take seed * 100_003 + epoch (engine.batching)
+
+
+def check_seed(seed: int, where: str) -> None:
+    """`where` names the file and key (or the option) the seed comes from."""
+    if not 0 <= seed < MAX_SEED:
+        raise RecipeError(f"{where.rstrip(': ')}: seed {seed} is outside 0 ≤ seed < 2**32")
 
 
 def _locate(name_or_path: str) -> tuple[Path, str]:

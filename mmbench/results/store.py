@@ -168,6 +168,45 @@ def run_lock(folder: Path):
         handle.close()  # releases the flock
 
 
+@contextlib.contextmanager
+def reader_lock(folder: Path):
+    """Hold <run dir>/train.lock shared while reading a run (eval): several readers may hold it at
+    once, a trainer (exclusive, `run_lock`) may not; a run being trained is refused in one line, so a
+    reader never runs checkpoint recovery beside a live trainer or reads a half-committed best."""
+    import fcntl
+
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, _file_mode())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise MmbenchError(f"{folder}: run is being trained (lock {path} held); evaluate it when training "
+                               "has finished or stopped") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_resume(out: Path) -> None:
+    """`train --resume` means "continue this run": one line when there is nothing to continue. A run dir
+    that exists continues (even one killed before its first checkpoint); a missing one names the run
+    dirs of the same recipe and seed that do exist (another config hash: the recipe file or --set
+    changed); a finished run whose checkpoints/last.pt is gone would silently retrain from scratch."""
+    last = out / "checkpoints" / "last.pt"
+    if not out.is_dir():
+        seed = out.name.split("-")[0]
+        others = sorted(p for p in out.parent.glob(f"{seed}-*") if p.is_dir() and p != out) if out.parent.is_dir() else []
+        found = (f"; {others[0]} is this recipe and seed with config hash {others[0].name.split('-', 1)[-1]}"
+                 f"{f' (and {len(others) - 1} more)' if len(others) > 1 else ''}: the recipe file or --set changed since "
+                 "that run; continue it with its old settings" if others else "")
+        raise MmbenchError(f"--resume: no run to continue at {out}{found}, or drop --resume to start a fresh run")
+    trained = (out / METRICS_FILE).exists() or bool((out / "log.jsonl").is_file() and (out / "log.jsonl").stat().st_size)
+    if trained and not last.is_file():
+        raise MmbenchError(f"--resume: {last} is gone, so {out} cannot be continued (resuming would retrain it from "
+                           "scratch); drop --resume to retrain it")
+
+
 def run_dir(resolved, seed: int, root: Path | None = None) -> Path:
     recipe_leaf = resolved.name.split("/")[-1] + ("-smoke" if resolved.smoke else "")
     base = (root or runs_root()) / resolved.recipe.paper / resolved.recipe.dataset / recipe_leaf
@@ -222,7 +261,31 @@ def load_metrics(path: Path) -> dict | None:
         raise MmbenchError(f"{file}: corrupt metrics file ({exc}); delete it and re-run with --resume") from None
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
         raise MmbenchError(f"{file}:metrics: not a run's metrics file (no metrics mapping); delete it and re-run with --resume")
+    _check_metrics_values(file, data)
     return data
+
+
+_IDENTITY = {"recipe": str, "config_hash": str, "seed": int, "paper": str, "dataset": str}
+
+
+def _check_metrics_values(file: Path, data: dict) -> None:
+    """Every value a report reads: metrics.<split>.<name> a finite number, the run's identity fields of
+    their type; one that is not names its key (report skips the file with one warning)."""
+    import math
+
+    def bad(key: str, value) -> MmbenchError:
+        return MmbenchError(f"{file}:{key}: {json.dumps(value)[:40]} is not what a run writes; delete the file and re-run with --resume")
+
+    for split, values in data["metrics"].items():
+        if not isinstance(values, dict):
+            raise bad(f"metrics.{split}", values)
+        for name, value in values.items():  # None: a metric the run could not compute (aggregation skips it)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise bad(f"metrics.{split}.{name}", value)
+    for key, kind in _IDENTITY.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise bad(key, value)
 
 
 def find_runs(root: Path | None = None, warn: Callable[[str], None] | None = None) -> list[dict]:
@@ -239,4 +302,24 @@ def find_runs(root: Path | None = None, warn: Callable[[str], None] | None = Non
             continue
         data["run_dir"] = str(file.parent)
         found.append(data)
-    return found
+    return _drop_copies(found, warn)
+
+
+def _drop_copies(runs: list[dict], warn: Callable[[str], None]) -> list[dict]:
+    """A run is its recipe, config hash and seed, not its folder: a copied run dir (`cp -r RUN RUN.bak`)
+    is counted once, with one warning naming both folders. The kept one is the folder `run_dir` names
+    (seed<k>-<hash>), else the first in sorted order."""
+    by_identity: dict[tuple, list[dict]] = {}
+    for run in runs:
+        key = (run.get("recipe"), run.get("config_hash"), run.get("seed"), bool(run.get("smoke")))
+        by_identity.setdefault(key, []).append(run)
+    kept_ids = set()
+    for (recipe, config_hash, seed, _), group in by_identity.items():
+        canonical = [r for r in group if Path(r["run_dir"]).name == f"seed{seed}-{config_hash}"]
+        kept = (canonical or group)[0]
+        kept_ids.add(id(kept))
+        for other in group:
+            if other is not kept:
+                warn(f"warning: {other['run_dir']} is a copy of run {kept['run_dir']} (same recipe {recipe}, config hash "
+                     f"{config_hash}, seed {seed}); counted once")
+    return [run for run in runs if id(run) in kept_ids]

@@ -12,7 +12,8 @@ Rows of the prepared dataset: one per caption, {id, caption, image (row in `{spl
 Retrieval has no class labels: `label_names` is empty and `label` is a constant 0 because the
 foundation's prepare counts a `label` column. The features are indexed by `prepare_extra`: their path,
 shape and a cheap fingerprint (size + sha256 of the first and last MiB) go into the manifest under
-`extra.features`; `open_features` memory-maps them back and checks the fingerprint's size and shape.
+`extra.features`; `open_features` memory-maps them back and checks shape, size and content (size + mtime, else the full
+sha256 recorded at prepare).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def check_finite(path: Path, array: np.ndarray, rows: int = 256) -> None:
 def index_features(raw: Path, out: Path, images: Path, splits: dict[str, list[dict]], synthetic: bool,
                    allow_count_mismatch: bool = False) -> dict:
     """`prepare_extra`: check every split's features against its captions and record where they are."""
+    from mmbench.data.prepare import sha256_file
+
     features = {}
     dims = set()
     for split, rows in splits.items():
@@ -113,7 +116,8 @@ def index_features(raw: Path, out: Path, images: Path, splits: dict[str, list[di
         check_finite(path, array)
         dims.add(tuple(array.shape[1:]))
         features[split] = {"path": str(path.resolve()), "shape": list(array.shape), "dtype": "float32",
-                           "bytes": path.stat().st_size, "fingerprint": fingerprint(path)}
+                           "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns,
+                           "fingerprint": fingerprint(path), "sha256": sha256_file(path)}
     if len(dims) > 1:
         raise DataError(f"{raw}: splits have different region feature shapes {sorted(dims)}")
     regions, dim = dims.pop()
@@ -133,7 +137,28 @@ def open_features(manifest: dict, split: str) -> np.ndarray:
     if list(array.shape) != entry["shape"] or path.stat().st_size != entry["bytes"]:
         raise DataError(f"{path}: changed since prepare (shape {list(array.shape)}, manifest {entry['shape']}); "
                         "re-run `mmbench prepare`")
+    check_unchanged(path, entry)
     return array
+
+
+VERIFY_ENV = "MMBENCH_VERIFY_DATA"  # =1: hash every feature file in full at every open
+
+
+def check_unchanged(path: Path, entry: dict) -> None:
+    """The file is the one prepare indexed: same size and mtime (fast path), else — or with
+    MMBENCH_VERIFY_DATA=1 — its full sha256 must equal the manifest's (a touched but unchanged file
+    passes). A manifest from before the full hash has only the head/tail fingerprint to compare."""
+    import os
+
+    from mmbench.data.prepare import sha256_file
+
+    same_stat = path.stat().st_mtime_ns == entry.get("mtime_ns") and path.stat().st_size == entry.get("bytes")
+    if same_stat and os.environ.get(VERIFY_ENV, "") not in ("1", "true", "yes"):
+        return
+    recorded, actual = (entry["sha256"], sha256_file(path)) if entry.get("sha256") else (entry.get("fingerprint"), fingerprint(path))
+    if actual != recorded:
+        raise DataError(f"{path}: changed since prepare (sha256 {actual[:12]}…, manifest {str(recorded)[:12]}…); "
+                        "re-run `mmbench prepare` to use the new file")
 
 
 # -- synthetic data in the same layout ---------------------------------------------------------------

@@ -34,6 +34,7 @@ def read_region_file(path: Path, feature_dim: int | None, num_regions: int | Non
     """(features [regions, dim], boxes [regions, 4], (h, w)) of one npz; every problem names the file."""
     if not path.exists():
         raise DataError(f"{path}: region feature file missing")
+    _check_npz_headers(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             for key in ("x", "bbox", "image_h", "image_w"):
@@ -54,6 +55,34 @@ def read_region_file(path: Path, feature_dim: int | None, num_regions: int | Non
     if h <= 0 or w <= 0:
         raise DataError(f"{path}:image_h/image_w: image size must be positive, found {h}×{w}")
     return x.T.astype(np.float32), bbox.astype(np.float32), (int(h), int(w))
+
+
+MAX_MEMBER_BYTES = 1 << 28  # one image's regions are ~1 MB (2048 × 100 float32); 256 MB is no region file
+
+
+def _check_npz_headers(path: Path) -> None:
+    """Read each array's .npy header before its data: a header that claims more bytes than its member
+    holds (or than any region file has) is refused, so a crafted 100-byte file cannot make np.load
+    allocate 82 GB."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(member)
+                if dtype.hasobject:
+                    continue  # np.load(allow_pickle=False) refuses these itself
+                claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if claimed > min(info.file_size, MAX_MEMBER_BYTES):
+                    raise DataError(f"{path}:{info.filename[:-4]}: header claims {dtype} {list(shape)} ({claimed / 1e9:.3g} GB), "
+                                    f"the file holds {info.file_size} bytes; not a region feature file")
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable npz ({exc})") from None
 
 
 def write_region_file(path: Path, features: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> None:

@@ -194,9 +194,9 @@ def images_fingerprint(root: Path, rows) -> str:
 # -- images on disk ----------------------------------------------------------------------------
 def load_image(root: Path, image_id: str, missing: str, errors: str):
     """A PIL RGB image, or None when the policy says to blank it (missing file / corrupt JPEG)."""
-    from PIL import Image, ImageFile, UnidentifiedImageError
+    from PIL import ImageFile, UnidentifiedImageError
 
-    from mmbench.data.images import resolve_image
+    from mmbench.data.images import open_image, resolve_image
 
     path = safe_image_path(root, image_id)
     if not path.exists():
@@ -205,7 +205,7 @@ def load_image(root: Path, image_id: str, missing: str, errors: str):
         path = resolve_image(root, image_id, missing)
     ImageFile.LOAD_TRUNCATED_IMAGES = errors == "load_truncated"  # released code sets it to True
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:  # a header claiming too many pixels is refused before decoding
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         if errors == "blank":
