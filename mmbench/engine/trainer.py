@@ -23,6 +23,9 @@ from mmbench.results import store
 
 # Test hook: raise after this many optimiser-loop steps, to prove that --resume recovers a killed run.
 CRASH_ENV = "MMBENCH_CRASH_AFTER_STEPS"
+# Test hook: once this many epochs are trained and checkpointed in this process, wait to be stopped (a
+# launcher's time-limit signal), to prove that a requeued job resumes from last.pt.
+HOLD_ENV = "MMBENCH_HOLD_AFTER_EPOCHS"
 THREADS_ENV = "MMBENCH_THREADS"
 
 
@@ -237,6 +240,8 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
             f"{train.select_split}.{train.select_metric}={value:.2f}{' *' if improved else ''}")
         for text in warnings:
             log(f"[{resolved.name} seed {seed}] warning: {text}")
+        if os.environ.get(HOLD_ENV) == str(loop["epoch"]):
+            time.sleep(600)
         if stop:
             log(f"early stop: no {train.select_split} improvement for {train.patience} epochs")
             break

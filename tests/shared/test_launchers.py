@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mmbench.cli import app
+from mmbench.results import locks
+from mmbench.results.store import LOCK_FILE
 
 MINI = """
 paper: mini
@@ -161,8 +164,6 @@ def test_status_of_an_untouched_plan_and_bad_options(mini, monkeypatch):
 
 def test_a_worker_leaves_a_run_that_another_worker_holds(mini, monkeypatch, tmp_path):
     """Two launchers started on one plan at the same moment: the second worker must not train."""
-    import fcntl
-
     from mmbench.launchers import make_jobs
     from mmbench.launchers.worker import HELD_EXIT
     from mmbench.recipes.loader import resolve
@@ -171,23 +172,94 @@ def test_a_worker_leaves_a_run_that_another_worker_holds(mini, monkeypatch, tmp_
         monkeypatch.setenv(key, value)
     job = make_jobs([(resolve("baselines/twitter15-bert", ["train.epochs=1"], smoke=True), 0)], "cpu")[0]
     job.run_dir.mkdir(parents=True)
-    with open(job.run_dir / "launch.lock", "a+") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by this process; the child must see it taken
+    with locks.hold(job.run_dir / LOCK_FILE):  # held by this process; the child must see it taken
         child = subprocess.run([sys.executable, "-m", "mmbench.launchers.worker", json.dumps(job.spec())],
                                capture_output=True, text=True, timeout=300)
     assert child.returncode == HELD_EXIT, child.stdout + child.stderr
-    assert "another launcher's worker is training this run" in child.stdout
-    assert sorted(p.name for p in job.run_dir.iterdir()) == ["launch.lock"]  # nothing trained, nothing written
+    assert f"another process is training this run (pid {os.getpid()} on" in child.stdout
+    assert sorted(p.name for p in job.run_dir.iterdir()) == [LOCK_FILE]  # nothing trained, nothing written
 
 
-def test_status_sees_a_trainer_holding_the_run_dir(tmp_path):
+def test_status_liveness_is_the_lock_itself_not_the_pid_it_names(tmp_path):
+    """A held lock is running (with progress from log.jsonl), whatever pid it names; a lock nobody holds
+    is not, even when it names a live pid on this host (a pid reused after a reboot)."""
     from mmbench.launchers import run_state
-    from mmbench.results.store import LOCK_FILE
 
     run = tmp_path / "run"
     run.mkdir()
     assert run_state(run) == ("missing", "")
-    (run / LOCK_FILE).write_text(f"pid {os.getpid()} on {__import__('socket').gethostname()}\n")
-    assert run_state(run)[0] == "running" and str(os.getpid()) in run_state(run)[1]
-    (run / LOCK_FILE).write_text(f"pid 999999999 on {__import__('socket').gethostname()}\n")  # a dead holder
+    rows = [{"epoch": 0, "steps": 10, "seconds": 60.0}, {"epoch": 1, "steps": 10, "seconds": 60.0}]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(run / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        state, detail = run_state(run, epochs=5)
+        assert state == "running" and f"pid {holder.pid} on" in detail and "epoch 2/5 done, step 20, ETA 3 min" in detail, detail
+    finally:
+        holder.kill()
+        holder.wait()
+    (run / LOCK_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")  # a live pid, but nobody holds it
     assert run_state(run) == ("missing", "")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert run_state(run, epochs=5)[0] == "partial"
+
+
+HOLD_SCRIPT = "import sys, time\nfrom mmbench.results import locks\nwith locks.hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
+
+
+def test_a_run_in_the_gpus_queue_is_queued_and_an_interrupted_one_partial(tmp_path, monkeypatch):
+    from mmbench.launchers import QUEUED_NOTE, run_state, write_launch
+    from mmbench.launchers.gpus import _enqueue
+    from mmbench.launchers import Job
+
+    runs = [tmp_path / f"run{i}" for i in range(2)]
+    jobs = [Job("r", [], True, 0, path) for path in runs]
+    queue, holds, held = _enqueue(jobs, log=lambda m: None)
+    assert len(queue) == 2 and not held
+    for path in runs:
+        state, detail = run_state(path)
+        assert state == "queued" and detail.startswith(QUEUED_NOTE), (state, detail)
+    for stack in holds.values():
+        stack.close()
+    write_launch(runs[0], state="interrupted")
+    (runs[0] / "checkpoints").mkdir()
+    (runs[0] / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert run_state(runs[0])[0] == "partial" and "interrupted" in run_state(runs[0])[1]
+    assert run_state(runs[1])[0] == "missing"
+
+
+@pytest.mark.slow
+def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_metrics(mini, mm_env):
+    """submitit's local executor, a 1-minute limit whose signal comes 20 s early: the first job trains
+    epoch 1 of 2, is held (test hook) until the limit's signal, is requeued, and the requeued job
+    resumes from last.pt and ends with the metrics of an uninterrupted run (about 40 s)."""
+    pytest.importorskip("submitit")
+    from mmbench.engine.trainer import HOLD_ENV, fit
+    from mmbench.recipes.loader import resolve
+
+    env = {**mini(), HOLD_ENV: "1"}
+    paper = mm_env / "recipes" / "mini" / "paper.yaml"
+    paper.write_text(paper.read_text().replace("train.epochs=1", "train.epochs=2"))
+    config = mm_env / "launcher.yaml"
+    config.write_text("launcher: {cluster: local, time: 1, signal_delay_s: 20, gpus_per_task: 0}\n")
+    result = mmbench("reproduce", "mini", "--dataset", "twitter15", "--smoke", "--device", "cpu", "--launcher", "slurm",
+                     "--launcher-config", str(config), env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = next((mm_env / "runs").glob("*/*/*/seed0-*"))
+    logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_log.out"))
+    assert "requeued (time limit or preemption)" in logs and "resumed" in logs and "at epoch 1" in logs, logs[-3000:]
+    launch = json.loads((run_dir / "launch.json").read_text())
+    assert launch["state"] == "done" and launch["options"]["time"] == 1
+
+    for key, value in env.items():
+        os.environ[key] = value
+    os.environ.pop(HOLD_ENV)
+    try:
+        reference = fit(resolve("baselines/twitter15-bert", ["train.epochs=2"], smoke=True), 0, root=mm_env / "reference",
+                        log=lambda m: None)
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    requeued = json.loads((run_dir / "metrics.json").read_text())
+    assert requeued["metrics"] == reference["metrics"] and requeued["epochs_run"] == 2
