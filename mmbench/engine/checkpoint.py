@@ -1,5 +1,7 @@
-"""Full-state checkpoints: model (frozen parts included), optimisers, schedulers, RNG states and
-the loop's own state, so `--resume` continues exactly where `last` left off.
+"""Checkpoints: `last.pt` is the full state (model, frozen parts included, optimisers, schedulers,
+RNG states and the loop's own state), so `--resume` continues exactly where it left off; `best.pt`
+holds the selected epoch's weights (the full state too under `train.keep_checkpoints: full`). Once a
+run has finished, `last.pt` is removed unless `keep_checkpoints` is `full` (trainer.apply_retention).
 
 Integrity (README "What a run dir promises"): every file is written atomically (results.store), and
 a new best is never copied out of `last.pt` after the fact. It is written first, as
@@ -46,6 +48,18 @@ def save_checkpoint(path: Path, model, optimizers: dict, schedulers: dict, loop_
         "loop": plain(loop_state),
     }
     atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_weights(path: Path, model, loop_state: dict) -> None:
+    """The model's weights and the loop's state only (best.pt under `keep_checkpoints: best_weights`):
+    what `eval`, `report` and a method reloading its best epoch need; it cannot be resumed from."""
+    state = {"model": unwrap(model).state_dict(), "loop": plain(loop_state)}
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def kept_bytes(ckpt_dir: Path) -> dict:
+    """Checkpoint bytes on disk per file (for metrics.json)."""
+    return {p.name: p.stat().st_size for p in sorted(ckpt_dir.glob("*.pt"))}
 
 
 def pending_best(ckpt_dir: Path, epoch: int) -> Path:

@@ -174,7 +174,7 @@ def test_a_worker_leaves_a_run_that_another_worker_holds(mini, monkeypatch, tmp_
     job.run_dir.mkdir(parents=True)
     with locks.hold(job.run_dir / LOCK_FILE):  # held by this process; the child must see it taken
         child = subprocess.run([sys.executable, "-m", "mmbench.launchers.worker", json.dumps(job.spec())],
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=600)
     assert child.returncode == HELD_EXIT, child.stdout + child.stderr
     assert f"another process is training this run (pid {os.getpid()} on" in child.stdout
     assert sorted(p.name for p in job.run_dir.iterdir()) == [LOCK_FILE]  # nothing trained, nothing written
@@ -231,7 +231,7 @@ def test_a_run_in_the_gpus_queue_is_queued_and_an_interrupted_one_partial(tmp_pa
 
 @pytest.mark.slow
 def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_metrics(mini, mm_env):
-    """submitit's local executor, a 1-minute limit whose signal comes 20 s early: the first job trains
+    """submitit's local executor, a 1-minute limit whose signal comes 25 s early: the first job trains
     epoch 1 of 2, is held (test hook) until the limit's signal, is requeued, and the requeued job
     resumes from last.pt and ends with the metrics of an uninterrupted run (about 40 s)."""
     pytest.importorskip("submitit")
@@ -242,9 +242,9 @@ def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_met
     paper = mm_env / "recipes" / "mini" / "paper.yaml"
     paper.write_text(paper.read_text().replace("train.epochs=1", "train.epochs=2"))
     config = mm_env / "launcher.yaml"
-    config.write_text("launcher: {cluster: local, time: 1, signal_delay_s: 20, gpus_per_task: 0}\n")
+    config.write_text("launcher: {cluster: local, time: 1, signal_delay_s: 25, gpus_per_task: 0}\n")
     result = mmbench("reproduce", "mini", "--dataset", "twitter15", "--smoke", "--device", "cpu", "--launcher", "slurm",
-                     "--launcher-config", str(config), env=env, timeout=300)
+                     "--launcher-config", str(config), env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = next((mm_env / "runs").glob("*/*/*/seed0-*"))
     logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_log.out"))
