@@ -322,8 +322,10 @@ def _checkpoint_record(ckpt_dir: Path, keep: str) -> dict:
     return {"keep": keep, "files": kept, "bytes": sum(kept.values()), "peak_bytes": sum(files.values())}
 
 
-def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", device: str | None = None) -> dict:
-    """Re-evaluate a finished (or interrupted) run from its checkpoint; works under torchrun too."""
+def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", device: str | None = None,
+                 write: bool = True) -> dict:
+    """Re-evaluate a finished (or interrupted) run from its checkpoint; works under torchrun too. With
+    write, the predictions and eval-<split>-<checkpoint>.json go into the run dir."""
     from mmbench.recipes.loader import ResolvedRecipe, resolve
 
     if split not in ("dev", "test"):
@@ -335,10 +337,10 @@ def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", devic
     path = checkpoint_path(run, checkpoint)
     saved = store.load_metrics(run) or {}
     resolved: ResolvedRecipe = resolve(str(recipe_file))
-    resolved.smoke = bool(saved.get("smoke"))
+    resolved.smoke = bool(saved.get("smoke", run.parent.name.endswith("-smoke")))  # unfinished: the dir name says
     seed = int(saved.get("seed", run.name.split("-")[0].removeprefix("seed") or 0))
     with float64_compute(_is_float64(resolved)):
-        return _evaluate_checkpoint(run, resolved, seed, split, path, device)
+        return _evaluate_checkpoint(run, resolved, seed, split, path, device, write)
 
 
 def checkpoint_path(run: Path, checkpoint: str) -> Path:
@@ -357,11 +359,11 @@ def checkpoint_path(run: Path, checkpoint: str) -> Path:
     return path
 
 
-def _evaluate_checkpoint(run: Path, resolved, seed: int, split: str, path: Path, device: str | None) -> dict:
+def _evaluate_checkpoint(run: Path, resolved, seed: int, split: str, path: Path, device: str | None, write: bool) -> dict:
     session = build_session(resolved, seed, device, run_dir=run)
     load_checkpoint(path, session.model, map_location=session.ctx.device)
     metrics, predictions = evaluate(session, session.model, split)
-    if session.ctx.world.is_main:
+    if session.ctx.world.is_main and write:
         store.write_jsonl(run / f"predictions-{split}-{path.stem}.jsonl", predictions)
         store.atomic_write_json(run / f"eval-{split}-{path.stem}.json",
                                 {"split": split, "checkpoint": str(path.relative_to(run.resolve())), "metrics": metrics})

@@ -174,7 +174,7 @@ def test_a_worker_leaves_a_run_that_another_worker_holds(mini, monkeypatch, tmp_
     job.run_dir.mkdir(parents=True)
     with locks.hold(job.run_dir / LOCK_FILE):  # held by this process; the child must see it taken
         child = subprocess.run([sys.executable, "-m", "mmbench.launchers.worker", json.dumps(job.spec())],
-                               capture_output=True, text=True, timeout=600)
+                               capture_output=True, text=True, timeout=300)
     assert child.returncode == HELD_EXIT, child.stdout + child.stderr
     assert f"another process is training this run (pid {os.getpid()} on" in child.stdout
     assert sorted(p.name for p in job.run_dir.iterdir()) == [LOCK_FILE]  # nothing trained, nothing written
