@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from mmbench.errors import MmbenchError
 from mmbench.results import store
@@ -113,6 +114,7 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
 
     check_device(device)
     jobs = plan_runs(paper, dataset, n_seeds, smoke, tables)
+    plan_rows(paper, dataset, n_seeds, smoke, tables, pairs=jobs)  # primes `status` for this plan
     if dry_run:
         print(f"plan for {paper} on {dataset}{' (smoke)' if smoke else ''}: {len({r.name + r.config_hash for r, _ in jobs})} recipes, {len(jobs)} runs")
         for resolved, seed in jobs:
@@ -193,13 +195,24 @@ def _run_launched(pairs, launcher: str, device: str | None, gpus: str | None, sl
 
 
 def plan_status(paper: str, dataset: str | None, n_seeds: int | None, smoke: bool, tables: list[str] | None = None) -> list[dict]:
-    """`mmbench status`: each run of the plan with its state (mmbench.launchers.STATES) and path."""
+    """`mmbench status`: each run of the plan with its state (mmbench.launchers.STATES), progress and path."""
     from mmbench.launchers import run_state
 
-    rows = []
-    for resolved, seed in plan_runs(paper, dataset, n_seeds, smoke, tables):
-        path = store.run_dir(resolved, seed)
-        state, detail = run_state(path)
-        rows.append({"recipe": resolved.name, "overrides": list(resolved.overrides), "seed": seed,
-                     "dataset": resolved.recipe.dataset, "state": state, "detail": detail, "run_dir": str(path)})
+    rows = plan_rows(paper, dataset, n_seeds, smoke, tables)
+    for row in rows:
+        row["state"], row["detail"] = run_state(Path(row["run_dir"]), row.pop("epochs"))
     return rows
+
+
+def plan_rows(paper: str, dataset: str | None, n_seeds: int | None, smoke: bool, tables: list[str] | None = None,
+              pairs: list | None = None) -> list[dict]:
+    """The plan's runs as plain rows, remembered between calls (mmbench.plan_cache); `reproduce` passes
+    the plan it resolved, so a `status` of the same plan answers at once."""
+    from mmbench.plan_cache import cached_rows
+
+    def compute() -> list[dict]:
+        return [{"recipe": r.name, "overrides": list(r.overrides), "seed": seed, "dataset": r.recipe.dataset,
+                 "run_dir": str(store.run_dir(r, seed)), "epochs": r.recipe.train.epochs}
+                for r, seed in (pairs if pairs is not None else plan_runs(paper, dataset, n_seeds, smoke, tables))]
+    args = {"paper": paper, "dataset": dataset, "seeds": n_seeds, "smoke": smoke, "tables": tables}
+    return cached_rows(args, compute)
