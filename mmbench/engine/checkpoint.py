@@ -57,6 +57,26 @@ def save_weights(path: Path, model, loop_state: dict) -> None:
     atomic_write_with(path, lambda tmp: torch.save(state, tmp))
 
 
+def tensor_bytes(value) -> int:
+    """Bytes of every tensor in a (nested) state: what a checkpoint of it takes on disk, less pickle overhead."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def disk_per_run(model, optimizers: dict) -> dict:
+    """Checkpoint bytes one run needs (the figures `rehearse` reports): the full state (last.pt), the
+    weights (best.pt), and so a run's disk while training and once finished under each retention."""
+    weights = tensor_bytes(unwrap(model).state_dict())
+    full = weights + tensor_bytes([opt.state_dict() for opt in optimizers.values()]) + tensor_bytes(rng_state())
+    return {"full_state": full, "weights": weights, "while_training": full + weights,
+            "finished_best_weights": weights, "finished_full": 2 * full}
+
+
 def kept_bytes(ckpt_dir: Path) -> dict:
     """Checkpoint bytes on disk per file (for metrics.json)."""
     return {p.name: p.stat().st_size for p in sorted(ckpt_dir.glob("*.pt"))}

@@ -79,3 +79,26 @@ def test_an_unknown_retention_is_one_line(value):
 
     with pytest.raises(RecipeError, match="train.keep_checkpoints"):
         resolve(RECIPE, [f"train.keep_checkpoints={value}"])
+
+
+def test_disk_per_run_is_what_the_checkpoint_files_take(tmp_path):
+    """The figures `rehearse` reports (no run needed) against files save_checkpoint/save_weights write."""
+    from mmbench.engine.checkpoint import disk_per_run, save_checkpoint, save_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.Linear(512, 3))
+    frozen = torch.nn.Linear(3, 512).requires_grad_(False)  # frozen parts are in the weights, not the optimiser
+    model.append(frozen)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model(torch.randn(4, 256)).sum().backward()
+    optimizer.step()
+    disk = disk_per_run(model, {"main": optimizer})
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    assert disk["weights"] == weights
+    trained = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    assert disk["full_state"] - weights - 2 * trained > 0  # + exp_avg, exp_avg_sq, steps and RNG state
+    save_checkpoint(tmp_path / "last.pt", model, {"main": optimizer}, {}, {"epoch": 1})
+    save_weights(tmp_path / "best.pt", model, {"epoch": 1})
+    for name, expected in (("last.pt", disk["full_state"]), ("best.pt", disk["weights"])):
+        size = (tmp_path / name).stat().st_size
+        assert expected <= size <= expected * 1.02 + 64 * 1024, (name, size, expected)
+    assert disk["while_training"] == disk["full_state"] + disk["weights"] and disk["finished_full"] == 2 * disk["full_state"]
