@@ -5,9 +5,10 @@ submitit job per run, `mmbench.launchers.slurm`).
 Every launcher hands a run to `mmbench.launchers.worker.run_job` as a plain-JSON spec, so a child
 process or a cluster node re-resolves exactly the recipe the plan resolved (the run dir is checked).
 Each run dir gets `launch.json` (state, launcher, job id, host, pid, CUDA_VISIBLE_DEVICES, times, the
-error of a failed run) next to the trainer's own files; `mmbench status` reads it. Finished runs
-(metrics.json) are never handed out again, and runs another launcher has queued or is training are
-skipped; the trainer's run-dir lock is the last guard against two processes training one run dir.
+error of a failed run) next to the trainer's own files; `mmbench status` reads it. Whether a run is
+alive is its run dir's lock (`train.lock`, mmbench.results.locks), held by the process training it or
+by the gpus launcher queueing it; launch.json only says how a run that nobody holds ended. Finished
+runs (metrics.json) are never handed out again, and runs another process holds are skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ LAUNCH_FILE = "launch.json"
 LOG_FILE = "launch.log"
 LAUNCHERS = ("local", "gpus", "slurm")
 STATES = ("done", "running", "queued", "failed", "partial", "missing")
+# launch.json "state": queued, running, done, failed, interrupted (Ctrl-C/SIGTERM: partial, resumable)
 
 
 @dataclass

@@ -231,10 +231,10 @@ def test_a_run_in_the_gpus_queue_is_queued_and_an_interrupted_one_partial(tmp_pa
 
 @pytest.mark.slow
 def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_metrics(mini, mm_env):
-    """submitit's local executor, a 1-minute limit whose signal comes 10 s early (each job gets 50 s:
-    room for start-up on a loaded machine): the first job trains epoch 1 of 2, is held (test hook)
-    until the limit's signal, is requeued, and the requeued job resumes from last.pt and ends with the
-    metrics of an uninterrupted run."""
+    """submitit's local executor, a 1-minute limit whose signal comes 30 s early (each job gets 30 s to
+    start and train, 30 s to exit after the signal): the first job trains epoch 1 of 2, is held (test
+    hook) until the limit's signal, is requeued, and the requeued job resumes from last.pt and ends with
+    the metrics of an uninterrupted run. A job too slow for its 30 s (a loaded machine) is requeued again."""
     pytest.importorskip("submitit")
     from mmbench.engine.trainer import HOLD_ENV, fit
     from mmbench.recipes.loader import resolve
@@ -243,7 +243,7 @@ def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_met
     paper = mm_env / "recipes" / "mini" / "paper.yaml"
     paper.write_text(paper.read_text().replace("train.epochs=1", "train.epochs=2"))
     config = mm_env / "launcher.yaml"
-    config.write_text("launcher: {cluster: local, time: 1, signal_delay_s: 10, gpus_per_task: 0}\n")
+    config.write_text("launcher: {cluster: local, time: 1, signal_delay_s: 30, gpus_per_task: 0}\n")
     result = mmbench("reproduce", "mini", "--dataset", "twitter15", "--smoke", "--device", "cpu", "--launcher", "slurm",
                      "--launcher-config", str(config), env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
