@@ -222,11 +222,21 @@ def test_a_run_in_the_gpus_queue_is_queued_and_an_interrupted_one_partial(tmp_pa
         assert state == "queued" and detail.startswith(QUEUED_NOTE), (state, detail)
     for stack in holds.values():
         stack.close()
-    write_launch(runs[0], state="interrupted")
+    from mmbench.launchers import read_launch
+    from mmbench.launchers.worker import _record_end, requeued
+
+    write_launch(runs[0], state="running")
+    _record_end(runs[0], KeyboardInterrupt())  # Ctrl-C, or SIGTERM through the worker's handler
+    assert read_launch(runs[0])["state"] == "interrupted"
+    requeued(runs[1], "time limit or preemption")  # submitit's checkpoint hook, then its SystemExit
+    _record_end(runs[1], SystemExit(144))
+    assert read_launch(runs[1])["state"] == "queued"
+    _record_end(runs[1], RuntimeError("Job not requeued because: timed-out too many times."))
+    assert read_launch(runs[1])["error"] == "RuntimeError: Job not requeued because: timed-out too many times."
     (runs[0] / "checkpoints").mkdir()
     (runs[0] / "checkpoints" / "last.pt").write_bytes(b"x")
     assert run_state(runs[0])[0] == "partial" and "interrupted" in run_state(runs[0])[1]
-    assert run_state(runs[1])[0] == "missing"
+    assert run_state(runs[1]) == ("failed", "RuntimeError: Job not requeued because: timed-out too many times.")
 
 
 @pytest.mark.slow
@@ -264,3 +274,26 @@ def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_met
             os.environ.pop(key, None)
     requeued = json.loads((run_dir / "metrics.json").read_text())
     assert requeued["metrics"] == reference["metrics"] and requeued["epochs_run"] == 2
+
+
+def test_a_gpus_child_that_cannot_see_its_gpu_refuses_to_train(mini, monkeypatch):
+    import torch
+
+    from mmbench.errors import MmbenchError
+    from mmbench.launchers import make_jobs, read_launch
+    from mmbench.launchers.worker import run_job
+    from mmbench.recipes.loader import resolve
+
+    for key, value in mini().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a broken driver
+    job = make_jobs([(resolve("baselines/twitter15-bert", ["train.epochs=1"], smoke=True), 0)], None)[0]
+    with pytest.raises(MmbenchError, match="CUDA_VISIBLE_DEVICES=3 was given to this run but torch sees no GPU"):
+        run_job(job.spec(), launcher="gpus")
+    assert read_launch(job.run_dir)["state"] == "failed" and "refusing to train on the CPU" in read_launch(job.run_dir)["error"]
+    assert not (job.run_dir / "checkpoints").exists()
+    job.device = "cpu"  # --device cpu: meant, not refused (the check is skipped; nothing else changes)
+    from mmbench.launchers.worker import check_gpu
+
+    check_gpu(job.device)
