@@ -241,10 +241,10 @@ def test_a_run_in_the_gpus_queue_is_queued_and_an_interrupted_one_partial(tmp_pa
 
 @pytest.mark.slow
 def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_metrics(mini, mm_env):
-    """submitit's local executor, a 1-minute limit whose signal comes 30 s early (each job gets 30 s to
-    start and train, 30 s to exit after the signal): the first job trains epoch 1 of 2, is held (test
-    hook) until the limit's signal, is requeued, and the requeued job resumes from last.pt and ends with
-    the metrics of an uninterrupted run. A job too slow for its 30 s (a loaded machine) is requeued again."""
+    """submitit's local executor, a 2-minute limit whose signal comes 60 s early (each job gets 60 s to
+    start and train, 60 s to exit after the signal: on a loaded 2-core machine a job's start alone took
+    35 s): the first job trains epoch 1 of 2, is held (test hook) until the limit's signal, is requeued,
+    and the requeued job resumes from last.pt and ends with the metrics of an uninterrupted run."""
     pytest.importorskip("submitit")
     from mmbench.engine.trainer import HOLD_ENV, fit
     from mmbench.recipes.loader import resolve
@@ -253,7 +253,7 @@ def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_met
     paper = mm_env / "recipes" / "mini" / "paper.yaml"
     paper.write_text(paper.read_text().replace("train.epochs=1", "train.epochs=2"))
     config = mm_env / "launcher.yaml"
-    config.write_text("launcher: {cluster: local, time: 1, signal_delay_s: 30, gpus_per_task: 0}\n")
+    config.write_text("launcher: {cluster: local, time: 2, signal_delay_s: 60, gpus_per_task: 0}\n")
     result = mmbench("reproduce", "mini", "--dataset", "twitter15", "--smoke", "--device", "cpu", "--launcher", "slurm",
                      "--launcher-config", str(config), env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -261,7 +261,7 @@ def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_met
     logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_log.out"))
     assert "requeued (time limit or preemption)" in logs and "resumed" in logs and "at epoch 1" in logs, logs[-3000:]
     launch = json.loads((run_dir / "launch.json").read_text())
-    assert launch["state"] == "done" and launch["options"]["time"] == 1
+    assert launch["state"] == "done" and launch["options"]["time"] == 2
 
     for key, value in env.items():
         os.environ[key] = value
@@ -297,3 +297,18 @@ def test_a_gpus_child_that_cannot_see_its_gpu_refuses_to_train(mini, monkeypatch
     from mmbench.launchers.worker import check_gpu
 
     check_gpu(job.device)
+
+
+def test_slurm_defaults_and_a_failed_jobs_cause(tmp_path):
+    from mmbench.launchers import write_launch
+    from mmbench.launchers.slurm import DEFAULT_TIME, SlurmOptions, failure_cause
+
+    assert DEFAULT_TIME == "24:00:00" and SlurmOptions().timeout_min() == 1440  # not submitit's 2 (local) or 5 (Slurm) minutes
+    assert SlurmOptions(cluster="local").executor_parameters("x")["timeout_min"] == 1440
+    assert SlurmOptions(time="1-02:00:30").timeout_min() == 26 * 60 + 1
+    wrapped = RuntimeError("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call last):\n"
+                           "  File \"x.py\", line 1\nValueError: bad encoder path\n\n----------------------\nYou can check full logs "
+                           "with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /x/0_log.err\n  - /x/0_log.out")
+    assert failure_cause(wrapped, tmp_path) == "ValueError: bad encoder path"
+    write_launch(tmp_path, state="failed", error="MmbenchError: /x: checkpoint not found")
+    assert failure_cause(wrapped, tmp_path) == "MmbenchError: /x: checkpoint not found"
