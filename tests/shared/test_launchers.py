@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from pathlib import Path
 from typer.testing import CliRunner
 
 from mmbench.cli import app
@@ -312,3 +313,20 @@ def test_slurm_defaults_and_a_failed_jobs_cause(tmp_path):
     assert failure_cause(wrapped, tmp_path) == "ValueError: bad encoder path"
     write_launch(tmp_path, state="failed", error="MmbenchError: /x: checkpoint not found")
     assert failure_cause(wrapped, tmp_path) == "MmbenchError: /x: checkpoint not found"
+
+
+def test_status_remembers_the_plan_until_a_recipe_or_the_code_changes(mini, monkeypatch):
+    import mmbench.reproduce as reproduce
+
+    for key, value in mini().items():
+        monkeypatch.setenv(key, value)
+    first = reproduce.plan_status("mini", "twitter15", None, True)
+    calls = []
+    real = reproduce.plan_runs
+    monkeypatch.setattr(reproduce, "plan_runs", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert reproduce.plan_status("mini", "twitter15", None, True) == first and calls == []  # from <runs>/.plans/
+    paper = Path(os.environ["MMBENCH_RECIPES"]) / "mini" / "paper.yaml"
+    paper.write_text(paper.read_text().replace("train.epochs=1", "train.epochs=3"))
+    changed = reproduce.plan_status("mini", "twitter15", None, True)
+    assert len(calls) == 1 and changed[0]["run_dir"] != first[0]["run_dir"]
+    assert reproduce.plan_status("mini", "twitter15", 2, True) != changed and len(calls) == 2  # other arguments, other plan
