@@ -275,6 +275,7 @@ def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_met
             os.environ.pop(key, None)
     requeued = json.loads((run_dir / "metrics.json").read_text())
     assert requeued["metrics"] == reference["metrics"] and requeued["epochs_run"] == 2
+    assert requeued["final_train"] == reference["final_train"]  # epoch 2's loss, trained by the requeued job
 
 
 def test_a_gpus_child_that_cannot_see_its_gpu_refuses_to_train(mini, monkeypatch):
