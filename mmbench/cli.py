@@ -193,7 +193,7 @@ def eval_(run_dir: Path, split: str = typer.Option("test", help="dev | test"),
     from mmbench.results.store import METRICS_FILE
 
     finished = (run_dir / METRICS_FILE).exists()
-    if not finished and write is None:
+    if not finished and write is None and (run_dir / "recipe.yaml").is_file():  # not a run dir: evaluate_run says so
         typer.echo(f"warning: {run_dir} is unfinished (no {METRICS_FILE}); evaluating its {checkpoint} checkpoint "
                    "without writing into the run dir (--write to keep the files)", err=True)
     metrics = evaluate_run(run_dir, split, checkpoint, device, write=finished if write is None else write)

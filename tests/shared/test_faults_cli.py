@@ -47,7 +47,8 @@ def _finished_run(root: Path) -> Path:
     from mmbench.engine.trainer import fit
     from mmbench.recipes.loader import resolve
 
-    fit(resolve(RECIPE, ["train.epochs=1", "data.subset=16"], smoke=True), 0, root=root, log=lambda m: None)
+    # full state kept: the cases below break last.pt of a finished run
+    fit(resolve(RECIPE, ["train.epochs=1", "data.subset=16", "train.keep_checkpoints=full"], smoke=True), 0, root=root, log=lambda m: None)
     return next(root.glob("*/*/*/seed0-*"))
 
 
