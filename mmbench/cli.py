@@ -219,7 +219,6 @@ def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbe
         raise MmbenchError("name a paper or pass --all")
     for name in papers:
         text = render(name, format, smoke, plot_dir=out)
-        _say_if_no_runs(name, smoke)
         if out:
             ext = {"md": "md", "latex": "tex", "csv": "csv"}[format]
             target = out / f"{name}{'-smoke' if smoke else ''}.{ext}"
@@ -227,6 +226,7 @@ def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbe
             typer.echo(f"wrote {target}")
         else:
             typer.echo(text)
+        _say_if_no_runs(name, smoke)
 
 
 def _say_if_no_runs(paper: str, smoke: bool) -> None:

@@ -114,7 +114,6 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
 
     check_device(device)
     jobs = plan_runs(paper, dataset, n_seeds, smoke, tables)
-    plan_rows(paper, dataset, n_seeds, smoke, tables, pairs=jobs)  # primes `status` for this plan
     if dry_run:
         print(f"plan for {paper} on {dataset}{' (smoke)' if smoke else ''}: {len({r.name + r.config_hash for r, _ in jobs})} recipes, {len(jobs)} runs")
         for resolved, seed in jobs:
@@ -133,6 +132,7 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
 
         gpus = ",".join(visible_gpus(gpus))
     _ensure_prepared(sorted({r.recipe.dataset for r, _ in jobs}), smoke)
+    plan_rows(paper, dataset, n_seeds, smoke, tables, pairs=jobs)  # primes `status` for this plan
     failed = 0
     if launcher == "local":
         _run_local(jobs, skip_existing, device)

@@ -30,7 +30,7 @@ def run_job(spec: dict, launcher: str = "gpus", job_id: str | None = None) -> di
 
     stack = contextlib.ExitStack()
     try:  # the trainer takes the same lock again (re-entrant within this process)
-        stack.enter_context(locks.hold(run_dir / store.LOCK_FILE))
+        stack.enter_context(locks.hold(run_dir / store.LOCK_FILE, share=True))
     except locks.LockHeld as exc:
         print(f"{run_dir}: another process is training this run ({exc.holder}); leaving it to that one", flush=True)
         return {"state": "running", "run_dir": str(run_dir), "held": True}

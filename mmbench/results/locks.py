@@ -7,8 +7,9 @@ run nobody is training, whatever stale text the file still holds, and a pid reus
 program after a reboot can never make a dead run look alive.
 
 - `hold(path, note)`: take it (waiting up to `wait_s`, so that a `holder` probe, which holds a shared
-  lock for microseconds, never makes a trainer starting at that instant fail); re-entrant within a
-  process, so a launcher's worker that holds a run dir can call the trainer, which takes it again.
+  lock for microseconds, never makes a trainer starting at that instant fail); with `share`, re-entrant
+  within the process, so a launcher's worker that holds a run dir can call the trainer, which takes it
+  again.
 - `holder(path)`: the text of whoever holds it now, or None; probes with a shared lock (allowed on a
   read-only file) and never changes the file.
 """
@@ -25,9 +26,9 @@ from typing import IO, Iterator
 
 from mmbench.errors import MmbenchError
 
-# path → (open file, depth): the locks this process holds (re-entrance; the same file opened twice by
-# one process would otherwise conflict with itself)
-_HELD: dict[str, tuple[IO[str], int]] = {}
+# path → (open file, depth, shared): the locks this process holds; `shared` ones may be taken again in
+# this process (re-entrance: the same file opened twice by one process would conflict with itself)
+_HELD: dict[str, tuple[IO[str], int, bool]] = {}
 
 
 class LockHeld(MmbenchError):
@@ -45,22 +46,26 @@ def _key(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def hold(path: Path, note: str | None = None, wait_s: float = 2.0) -> Iterator[None]:
+def hold(path: Path, note: str | None = None, wait_s: float = 2.0, share: bool = False) -> Iterator[None]:
     """Hold `path`'s lock (created if missing) for the block; LockHeld names the holder when another
-    process still holds it after `wait_s` seconds."""
+    process still holds it after `wait_s` seconds. `share`: code this holder calls may take it again
+    (a launcher's worker calling the trainer); otherwise a second take in this process is refused too."""
     path = Path(path)
     key = _key(path)
     if key in _HELD:
-        handle, depth = _HELD[key]
-        _HELD[key] = (handle, depth + 1)
+        handle, depth, shared = _HELD[key]
+        if not shared:
+            handle.seek(0)
+            raise LockHeld(path, handle.read().strip() or me())
+        _HELD[key] = (handle, depth + 1, shared)
         try:
             yield
         finally:
-            handle, depth = _HELD[key]
-            _HELD[key] = (handle, depth - 1)
+            handle, depth, shared = _HELD[key]
+            _HELD[key] = (handle, depth - 1, shared)
         return
     handle = _take(path, wait_s)
-    _HELD[key] = (handle, 1)
+    _HELD[key] = (handle, 1, share)
     try:
         handle.seek(0)
         handle.truncate()
@@ -94,7 +99,7 @@ def holder(path: Path) -> str | None:
     path = Path(path)
     key = _key(path)
     if key in _HELD:
-        handle, _ = _HELD[key]
+        handle = _HELD[key][0]
         handle.seek(0)
         return handle.read().strip() or me()
     try:
