@@ -193,11 +193,18 @@ def train(recipe: str, seed: Optional[int] = typer.Option(None, help="default: t
 @app.command("eval")
 @cli_errors
 def eval_(run_dir: Path, split: str = typer.Option("test", help="dev | test"),
-          checkpoint: str = typer.Option("best", help="best | last"), device: Optional[str] = typer.Option(None)):
+          checkpoint: str = typer.Option("best", help="best | last"), device: Optional[str] = typer.Option(None),
+          write: Optional[bool] = typer.Option(None, "--write/--no-write", help="write predictions and eval-*.json into the "
+                                               "run dir (default: only for a finished run)")):
     """Evaluate a run's checkpoint on a split (also under torchrun)."""
     from mmbench.engine.trainer import evaluate_run
+    from mmbench.results.store import METRICS_FILE
 
-    metrics = evaluate_run(run_dir, split, checkpoint, device)
+    finished = (run_dir / METRICS_FILE).exists()
+    if not finished and write is None and (run_dir / "recipe.yaml").is_file():  # not a run dir: evaluate_run says so
+        typer.echo(f"warning: {run_dir} is unfinished (no {METRICS_FILE}); evaluating its {checkpoint} checkpoint "
+                   "without writing into the run dir (--write to keep the files)", err=True)
+    metrics = evaluate_run(run_dir, split, checkpoint, device, write=finished if write is None else write)
     typer.echo(f"{split} ({checkpoint}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
@@ -227,6 +234,26 @@ def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbe
             typer.echo(f"wrote {target}")
         else:
             typer.echo(text)
+        _say_if_no_runs(name, smoke)
+
+
+def _say_if_no_runs(paper: str, smoke: bool) -> None:
+    """A table with no finished run: one line on stderr saying where report looked, and whether runs of
+    the other kind (smoke / full) exist there."""
+    from mmbench.paths import runs_root
+    from mmbench.recipes.loader import load_paper
+    from mmbench.results.store import find_runs
+
+    names = {row.recipe.format(dataset=c.dataset) for t in load_paper(paper).tables for row in t.rows if row.recipe
+             for c in t.columns}
+    runs = [r for r in find_runs(warn=lambda message: None) if r.get("recipe") in names]
+    if any(bool(r.get("smoke")) == smoke for r in runs):
+        return
+    other = len(runs)
+    hint = (f"; {other} smoke run(s) exist there: add --smoke" if other and not smoke else
+            f"; {other} full run(s) exist there: drop --smoke" if other else "")
+    typer.echo(f"warning: no finished {'smoke ' if smoke else ''}runs of {paper}'s tables under {runs_root()} "
+               f"(MMBENCH_RUNS){hint}", err=True)
 
 
 @app.command()

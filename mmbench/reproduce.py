@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from mmbench.errors import MmbenchError
 from mmbench.results import store
@@ -19,18 +20,32 @@ def _seeds(resolved, n: int | None) -> list[int]:
     return seeds[:n]
 
 
-def _ensure_prepared(dataset: str, smoke: bool) -> None:
+def _ensure_prepared(datasets: list[str], smoke: bool) -> None:
+    """Smoke: prepare the synthetic sets. Otherwise every dataset of the plan must be prepared; the
+    error names all that are not, at once."""
     from mmbench.data.prepare import MANIFEST, prepare, prepared_dir
 
-    if (prepared_dir(dataset, smoke) / MANIFEST).exists():
-        return
+    missing = [ds for ds in datasets if not (prepared_dir(ds, smoke) / MANIFEST).exists()]
     if smoke:
-        prepare(dataset, synthetic=True)
-    else:
+        for dataset in missing:
+            prepare(dataset, synthetic=True)
+        return
+    if missing:
         from mmbench.data.catalog import get_dataset
 
-        raise MmbenchError(f"{prepared_dir(dataset, False)}: {dataset} is not prepared; run "
-                           f"`mmbench prepare {dataset} --raw DIR [--images DIR]` (raw files: {get_dataset(dataset).source})")
+        raise MmbenchError(f"{len(missing)} dataset(s) of the plan not prepared under {prepared_dir(missing[0], False).parent}: " +
+                           "; ".join(f"{ds} (`mmbench prepare {ds} --raw DIR [--images DIR]`, raw files: {get_dataset(ds).source})"
+                                     for ds in missing))
+
+
+def check_dataset(paper: str, dataset: str | None) -> None:
+    """A dataset the paper's tables do not use: one line listing the ones they do (did you mean)."""
+    from mmbench.recipes.loader import load_paper
+    from mmbench.registry import unknown_name_message
+
+    known = sorted({c.dataset for t in load_paper(paper).tables for c in t.columns})
+    if dataset is not None and dataset not in known:
+        raise MmbenchError(unknown_name_message(f"{paper} dataset", dataset, known))
 
 
 class Progress:
@@ -70,6 +85,7 @@ def plan_runs(paper: str, dataset: str | None, n_seeds: int | None, smoke: bool,
 
     if n_seeds is not None and n_seeds < 1:
         raise MmbenchError(f"--seeds {n_seeds}: expected at least 1 seed per recipe")
+    check_dataset(paper, dataset)
     recipes = plan(paper, dataset, smoke)
     if tables:
         known = {t.id: t for t in load_paper(paper).tables}
@@ -115,8 +131,8 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
         from mmbench.launchers.gpus import visible_gpus
 
         gpus = ",".join(visible_gpus(gpus))
-    for ds in sorted({r.recipe.dataset for r, _ in jobs}):
-        _ensure_prepared(ds, smoke)
+    _ensure_prepared(sorted({r.recipe.dataset for r, _ in jobs}), smoke)
+    plan_rows(paper, dataset, n_seeds, smoke, tables, pairs=jobs)  # primes `status` for this plan
     failed = 0
     if launcher == "local":
         _run_local(jobs, skip_existing, device)
@@ -179,13 +195,24 @@ def _run_launched(pairs, launcher: str, device: str | None, gpus: str | None, sl
 
 
 def plan_status(paper: str, dataset: str | None, n_seeds: int | None, smoke: bool, tables: list[str] | None = None) -> list[dict]:
-    """`mmbench status`: each run of the plan with its state (mmbench.launchers.STATES) and path."""
+    """`mmbench status`: each run of the plan with its state (mmbench.launchers.STATES), progress and path."""
     from mmbench.launchers import run_state
 
-    rows = []
-    for resolved, seed in plan_runs(paper, dataset, n_seeds, smoke, tables):
-        path = store.run_dir(resolved, seed)
-        state, detail = run_state(path)
-        rows.append({"recipe": resolved.name, "overrides": list(resolved.overrides), "seed": seed,
-                     "dataset": resolved.recipe.dataset, "state": state, "detail": detail, "run_dir": str(path)})
+    rows = plan_rows(paper, dataset, n_seeds, smoke, tables)
+    for row in rows:
+        row["state"], row["detail"] = run_state(Path(row["run_dir"]), row.pop("epochs"))
     return rows
+
+
+def plan_rows(paper: str, dataset: str | None, n_seeds: int | None, smoke: bool, tables: list[str] | None = None,
+              pairs: list | None = None) -> list[dict]:
+    """The plan's runs as plain rows, remembered between calls (mmbench.plan_cache); `reproduce` passes
+    the plan it resolved, so a `status` of the same plan answers at once."""
+    from mmbench.plan_cache import cached_rows
+
+    def compute() -> list[dict]:
+        return [{"recipe": r.name, "overrides": list(r.overrides), "seed": seed, "dataset": r.recipe.dataset,
+                 "run_dir": str(store.run_dir(r, seed)), "epochs": r.recipe.train.epochs}
+                for r, seed in (pairs if pairs is not None else plan_runs(paper, dataset, n_seeds, smoke, tables))]
+    args = {"paper": paper, "dataset": dataset, "seeds": n_seeds, "smoke": smoke, "tables": tables}
+    return cached_rows(args, compute)

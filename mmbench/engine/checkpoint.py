@@ -1,5 +1,7 @@
-"""Full-state checkpoints: model (frozen parts included), optimisers, schedulers, RNG states and
-the loop's own state, so `--resume` continues exactly where `last` left off.
+"""Checkpoints: `last.pt` is the full state (model, frozen parts included, optimisers, schedulers,
+RNG states and the loop's own state), so `--resume` continues exactly where it left off; `best.pt`
+holds the selected epoch's weights (the full state too under `train.keep_checkpoints: full`). Once a
+run has finished, `last.pt` is removed unless `keep_checkpoints` is `full` (trainer.apply_retention).
 
 Integrity (README "What a run dir promises"): every file is written atomically (results.store), and
 a new best is never copied out of `last.pt` after the fact. It is written first, as
@@ -59,6 +61,38 @@ def _save(state: dict, path: Path, tmp: str) -> None:
         except OSError:
             free = ""
         raise MmbenchError(f"{path}: writing the checkpoint failed ({_first_line(exc)}): disk full or over a size limit?{free}") from None
+
+
+def save_weights(path: Path, model, loop_state: dict) -> None:
+    """The model's weights and the loop's state only (best.pt under `keep_checkpoints: best_weights`):
+    what `eval`, `report` and a method reloading its best epoch need; it cannot be resumed from."""
+    state = {"model": unwrap(model).state_dict(), "loop": plain(loop_state)}
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def tensor_bytes(value) -> int:
+    """Bytes of every tensor in a (nested) state: what a checkpoint of it takes on disk, less pickle overhead."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def disk_per_run(model, optimizers: dict) -> dict:
+    """Checkpoint bytes one run needs (the figures `rehearse` reports): the full state (last.pt), the
+    weights (best.pt), and so a run's disk while training and once finished under each retention."""
+    weights = tensor_bytes(unwrap(model).state_dict())
+    full = weights + tensor_bytes([opt.state_dict() for opt in optimizers.values()]) + tensor_bytes(rng_state())
+    return {"full_state": full, "weights": weights, "while_training": full + weights,
+            "finished_best_weights": weights, "finished_full": 2 * full}
+
+
+def kept_bytes(ckpt_dir: Path) -> dict:
+    """Checkpoint bytes on disk per file (for metrics.json)."""
+    return {p.name: p.stat().st_size for p in sorted(ckpt_dir.glob("*.pt"))}
 
 
 def pending_best(ckpt_dir: Path, epoch: int) -> Path:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from mmbench.engine.checkpoint import load_checkpoint, pending_best, promote_best, recover, save_checkpoint
+from mmbench.engine.checkpoint import kept_bytes, load_checkpoint, pending_best, promote_best, recover, save_checkpoint, save_weights
 from mmbench.engine.method import Method, RunContext, StepControl
 from mmbench.engine.optim import build_optimizer, build_scheduler
 from mmbench.engine.precision import FLOAT64, effective_precision, float64_compute, to_float64
@@ -24,6 +24,9 @@ from mmbench.results import store
 
 # Test hook: raise after this many optimiser-loop steps, to prove that --resume recovers a killed run.
 CRASH_ENV = "MMBENCH_CRASH_AFTER_STEPS"
+# Test hook: once this many epochs are trained and checkpointed in this process, wait to be stopped (a
+# launcher's time-limit signal), to prove that a requeued job resumes from last.pt.
+HOLD_ENV = "MMBENCH_HOLD_AFTER_EPOCHS"
 THREADS_ENV = "MMBENCH_THREADS"
 
 
@@ -42,7 +45,7 @@ def build_session(resolved, seed: int, device: str | None = None, world: World |
     recipe = resolved.recipe
     _set_threads(resolved.smoke)
     world = world or init_world(device)
-    seed_everything(seed)
+    seed_everything(seed, deterministic=recipe.train.deterministic)
     dev = pick_device(device, world.local_rank)
     precision = effective_precision(recipe.train.precision, resolved.smoke)
     ctx = RunContext(device=dev, autocast_dtype=None if precision == FLOAT64 else pick_precision(precision, dev), world=world, seed=seed,
@@ -126,8 +129,28 @@ def _fit(resolved, seed: int, root: Path | None, resume: bool, device: str | Non
     if not init_world(device).is_main:  # rank 0 holds the lock and owns the run dir's files
         return _fit_locked(resolved, seed, out, resume, device, log)
     with store.run_lock(out):
+        finished = _finished_run(out) if resume else None
+        if finished is not None:
+            log(f"{out}: finished already (its last.pt was removed by train.keep_checkpoints); nothing to resume")
+            return finished
         _start_clean_or_resume(out, resume, log)
         return _fit_locked(resolved, seed, out, resume, device, log)
+
+
+def _finished_run(out: Path) -> dict | None:
+    """A finished run whose last.pt is gone (checkpoint retention): --resume has nothing to continue and
+    must not start it over; its metrics.json stands."""
+    if (out / "checkpoints" / "last.pt").exists():
+        return None
+    saved = store.load_metrics(out)
+    return None if saved is None else {**saved, "run_dir": str(out)}
+
+
+def apply_retention(ckpt_dir: Path, keep: str) -> None:
+    """After metrics.json is written: a finished run keeps best.pt only unless the recipe asks for the full
+    state (a process killed before this keeps last.pt too; a later --resume re-evaluates and removes it)."""
+    if keep != "full":
+        (ckpt_dir / "last.pt").unlink(missing_ok=True)
 
 
 RUN_OUTPUTS = ("metrics.json", "log.jsonl", "predictions-*.jsonl", "eval-*.json", "checkpoints/*.pt")
@@ -225,8 +248,10 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         loop["stopped"] = stop
         if is_main:  # order matters: see engine.checkpoint (last.pt is the commit point)
             state = {**loop, "history": history}
-            if improved:
+            if improved and train.keep_checkpoints == "full":
                 save_checkpoint(pending_best(ckpt_dir, epoch), model, optimizers, schedulers, state)
+            elif improved:
+                save_weights(pending_best(ckpt_dir, epoch), model, state)
             save_checkpoint(ckpt_dir / "last.pt", model, optimizers, schedulers, state)
             if improved:
                 promote_best(ckpt_dir, epoch)
@@ -237,6 +262,8 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
             f"{train.select_split}.{train.select_metric}={value:.2f}{' *' if improved else ''}")
         for text in warnings:
             log(f"[{resolved.name} seed {seed}] warning: {text}")
+        if os.environ.get(HOLD_ENV) == str(loop["epoch"]):
+            time.sleep(600)
         if stop:
             log(f"early stop: no {train.select_split} improvement for {train.patience} epochs")
             break
@@ -277,16 +304,28 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         "data_manifest": {k: session.manifest.get(k) for k in ("counts", "raw_files", "count_check")},
         "timing": {"train_seconds": round(train_seconds, 3), "eval_seconds": round(time.time() - eval_start, 3),
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **run_summary(history)},
-        "environment": store.environment(ctx.device, "fp64" if _is_float64(resolved) else str(ctx.autocast_dtype or "fp32"), ctx.world.size),
+        "environment": {**store.environment(ctx.device, "fp64" if _is_float64(resolved) else str(ctx.autocast_dtype or "fp32"),
+                                              ctx.world.size), "deterministic": train.deterministic},
+        "checkpoints": _checkpoint_record(ckpt_dir, train.keep_checkpoints),
     }
     if is_main:
         store.atomic_write_json(out / store.METRICS_FILE, result)
+        apply_retention(ckpt_dir, train.keep_checkpoints)
     result["run_dir"] = str(out)
     return result
 
 
-def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", device: str | None = None) -> dict:
-    """Re-evaluate a finished (or interrupted) run from its checkpoint; works under torchrun too."""
+def _checkpoint_record(ckpt_dir: Path, keep: str) -> dict:
+    """Bytes of the checkpoints this run keeps once finished, and the most it held while training."""
+    files = kept_bytes(ckpt_dir)
+    kept = {name: size for name, size in files.items() if keep == "full" or name != "last.pt"}
+    return {"keep": keep, "files": kept, "bytes": sum(kept.values()), "peak_bytes": sum(files.values())}
+
+
+def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", device: str | None = None,
+                 write: bool = True) -> dict:
+    """Re-evaluate a finished (or interrupted) run from its checkpoint; works under torchrun too. With
+    write, the predictions and eval-<split>-<checkpoint>.json go into the run dir."""
     from mmbench.recipes.loader import ResolvedRecipe, resolve
 
     if split not in ("dev", "test"):
@@ -299,10 +338,10 @@ def evaluate_run(run: Path, split: str = "test", checkpoint: str = "best", devic
         path = checkpoint_path(run, checkpoint)
         saved = store.load_metrics(run) or {}
         resolved: ResolvedRecipe = resolve(str(recipe_file))
-        resolved.smoke = bool(saved.get("smoke"))
+        resolved.smoke = bool(saved.get("smoke", run.parent.name.endswith("-smoke")))  # unfinished: the dir name says
         seed = int(saved.get("seed", run.name.split("-")[0].removeprefix("seed") or 0))
         with float64_compute(_is_float64(resolved)):
-            return _evaluate_checkpoint(run, resolved, seed, split, path, device)
+            return _evaluate_checkpoint(run, resolved, seed, split, path, device, write)
 
 
 def checkpoint_path(run: Path, checkpoint: str) -> Path:
@@ -321,11 +360,11 @@ def checkpoint_path(run: Path, checkpoint: str) -> Path:
     return path
 
 
-def _evaluate_checkpoint(run: Path, resolved, seed: int, split: str, path: Path, device: str | None) -> dict:
+def _evaluate_checkpoint(run: Path, resolved, seed: int, split: str, path: Path, device: str | None, write: bool) -> dict:
     session = build_session(resolved, seed, device, run_dir=run)
     load_checkpoint(path, session.model, map_location=session.ctx.device)
     metrics, predictions = evaluate(session, session.model, split)
-    if session.ctx.world.is_main:
+    if session.ctx.world.is_main and write:
         store.write_jsonl(run / f"predictions-{split}-{path.stem}.jsonl", predictions)
         store.atomic_write_json(run / f"eval-{split}-{path.stem}.json",
                                 {"split": split, "checkpoint": str(path.relative_to(run.resolve())), "metrics": metrics})

@@ -5,16 +5,16 @@ submitit job per run, `mmbench.launchers.slurm`).
 Every launcher hands a run to `mmbench.launchers.worker.run_job` as a plain-JSON spec, so a child
 process or a cluster node re-resolves exactly the recipe the plan resolved (the run dir is checked).
 Each run dir gets `launch.json` (state, launcher, job id, host, pid, CUDA_VISIBLE_DEVICES, times, the
-error of a failed run) next to the trainer's own files; `mmbench status` reads it. Finished runs
-(metrics.json) are never handed out again, and runs another launcher has queued or is training are
-skipped; the trainer's run-dir lock is the last guard against two processes training one run dir.
+error of a failed run) next to the trainer's own files; `mmbench status` reads it. Whether a run is
+alive is its run dir's lock (`train.lock`, mmbench.results.locks), held by the process training it or
+by the gpus launcher queueing it; launch.json only says how a run that nobody holds ended. Finished
+runs (metrics.json) are never handed out again, and runs another process holds are skipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ LAUNCH_FILE = "launch.json"
 LOG_FILE = "launch.log"
 LAUNCHERS = ("local", "gpus", "slurm")
 STATES = ("done", "running", "queued", "failed", "partial", "missing")
+# launch.json "state": queued, running, done, failed, interrupted (Ctrl-C/SIGTERM: partial, resumable)
 
 
 @dataclass
@@ -105,60 +106,66 @@ def write_launch(run_dir: Path, **fields) -> dict:
     return data
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+QUEUED_NOTE = "queued by"  # how a launcher's queue labels the run-dir locks it holds (mmbench.results.locks)
 
 
-def _trainer_holder(run_dir: Path) -> str | None:
-    """The trainer's lock file (store.LOCK_FILE) names "pid N on HOST"; it is read, never taken (taking it,
-    even briefly, could make a trainer starting at that instant fail). Only a live pid on this host counts."""
-    try:
-        words = (run_dir / store.LOCK_FILE).read_text().split()
-    except (OSError, AttributeError, ValueError):  # ValueError: a lock file that is not UTF-8
-        return None
-    if len(words) == 4 and words[0] == "pid" and words[1].isascii() and words[1].isdigit() and valid_pid(int(words[1])) and words[3] == socket.gethostname() and _pid_alive(int(words[1])):
-        return " ".join(words)
-    return None
-
-
-def run_state(run_dir: Path) -> tuple[str, str]:
+def run_state(run_dir: Path, epochs: int | None = None) -> tuple[str, str]:
     """(state, detail) of one run dir; state is one of STATES. A damaged launch.json is named in the detail."""
-    state, detail = _run_state(run_dir)
+    state, detail = _run_state(run_dir, epochs)
     problem = launch_problem(run_dir)
     return state, "; ".join(part for part in (detail, problem) if part)
 
 
-def _run_state(run_dir: Path) -> tuple[str, str]:
+def _run_state(run_dir: Path, epochs: int | None = None) -> tuple[str, str]:
+    """Liveness is the run dir's lock: held means a process is training it (or a gpus launcher holds it in
+    its queue), whatever launch.json says."""
+    from mmbench.results import locks
+
     if (run_dir / store.METRICS_FILE).exists():
         return "done", ""
-    holder = _trainer_holder(run_dir)
-    if holder:  # e.g. a `mmbench train --resume` or a local reproduce training it right now
-        return "running", f"trainer {holder}"
+    holder = locks.holder(run_dir / store.LOCK_FILE)
+    if holder and holder.startswith(QUEUED_NOTE):
+        return "queued", holder
+    if holder:  # a launcher's worker, a `mmbench train --resume` or a local reproduce, training it right now
+        return "running", "; ".join(x for x in (f"held by {holder}", progress(run_dir, epochs)) if x)
     launch = read_launch(run_dir)
     state = launch.get("state")
-    if state == "running" and launch.get("host") == socket.gethostname() and launch.get("pid") and not _pid_alive(launch["pid"]):
-        return "failed", f"process {launch['pid']} on {launch['host']} stopped without finishing (see {run_dir / LOG_FILE})"
     if state in ("queued", "running") and launch.get("launcher") == "slurm":
         from mmbench.launchers.slurm import cluster_state, job_id
 
         if not job_id(launch):
             return "failed", "slurm submission did not complete (no job id)"
         state = cluster_state(launch) or state
-        launch["job_id"] = job_id(launch)
-    if state in ("queued", "running"):
-        where = f"job {launch['job_id']}" if launch.get("job_id") else f"pid {launch.get('pid')} on {launch.get('host')}"
-        return state, f"{launch.get('launcher', '?')} {where}"
+        if state == "queued" or (state == "running" and (launch.get("cluster") or "slurm") == "slurm"):
+            where = f"slurm job {job_id(launch)}" + (f" (requeued: {launch['requeued']})" if launch.get("requeued") else "")
+            return state, "; ".join(x for x in (where, progress(run_dir, epochs) if state == "running" else "") if x)
     if state == "failed":
         return "failed", launch.get("error") or "failed"
     if (run_dir / "checkpoints" / "last.pt").exists():
-        return "partial", "checkpoints/last.pt exists; the next launch resumes it"
+        why = {"interrupted": "interrupted", "running": "its process stopped without finishing"}.get(state, "unfinished")
+        return "partial", "; ".join(x for x in (f"{why}; the next launch resumes from checkpoints/last.pt", progress(run_dir, epochs)) if x)
     return "missing", ""
+
+
+def progress(run_dir: Path, epochs: int | None) -> str:
+    """'epoch k/N, step S, ETA …' from the run's log.jsonl (one row per finished epoch)."""
+    try:
+        rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return ""
+    if not rows:
+        return "epoch 0" + (f"/{epochs}" if epochs else "")
+    steps = sum(int(r.get("steps") or 0) for r in rows)
+    text = f"epoch {len(rows)}" + (f"/{epochs}" if epochs else "") + f" done, step {steps}"
+    seconds = [float(r["seconds"]) for r in rows if isinstance(r.get("seconds"), (int, float))]
+    if epochs and seconds and epochs > len(rows):
+        text += f", ETA {_duration(sum(seconds) / len(seconds) * (epochs - len(rows)))}"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{seconds:.0f}s" if seconds < 90 else f"{minutes} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
 def summarize(results: list[tuple[Job, str, str]], log) -> int:

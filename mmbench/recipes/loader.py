@@ -178,6 +178,9 @@ def load_raw(path: Path) -> dict[str, Any]:
     if isinstance(parent_ref, str) and not parent_ref.endswith(".yaml"):
         return _extend_by_name(path, data, parent_ref)
     parent_path = (path.parent / parent_ref).resolve()
+    if isinstance(parent_ref, str) and not parent_path.exists() and parent_ref[:-5] in recipe_files():
+        raise RecipeError(located(path, "extends", f"{parent_ref}: no such file next to {path.name}; a built-in recipe is "
+                                                   f"extended by name, without .yaml: extends: {parent_ref[:-5]}"))
     parent = read_yaml(parent_path)
     if parent.get("extends") is not None:
         raise RecipeError(
@@ -206,7 +209,30 @@ def _extend_by_name(path: Path, data: dict, parent_name: str) -> dict:
     if isinstance(parent.get("extends"), str) and not parent["extends"].endswith(".yaml"):
         raise RecipeError(located(path, "extends", f"{parent_name} itself extends {parent['extends']} by name; "
                                                    "a recipe may extend a named recipe only if that one does not"))
-    return deep_merge(load_raw(entry.path), data)
+    base = load_raw(entry.path)
+    merged = deep_merge(base, data)
+    merged["smoke"] = _smoke_keeping_own_keys(base.get("smoke") or {}, data)
+    if not merged["smoke"]:
+        merged.pop("smoke")
+    return merged
+
+
+def _smoke_keeping_own_keys(inherited: dict, own: dict) -> dict:
+    """The named recipe's smoke block minus the keys the extending recipe sets itself (`--smoke` must not
+    silently undo them), plus the extending recipe's own smoke block."""
+    paths = set(_key_paths({k: v for k, v in own.items() if k not in ("smoke", "extends")}))
+    def overlaps(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") or p.startswith(key + ".") for p in paths)
+    return {**{k: v for k, v in inherited.items() if not overlaps(k)}, **(own.get("smoke") or {})}
+
+
+def _key_paths(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _key_paths(value, path + ".")
+        else:
+            yield path
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

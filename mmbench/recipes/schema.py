@@ -89,20 +89,30 @@ class TrainCfg(Strict):
     compile: bool = False  # torch.compile the training forward (evaluation stays eager)
     tf32: bool = False  # fp32 runs: matmuls/convolutions on TF32 tensor cores (~1e-3 relative rounding); bf16 unaffected
     fused_optimizer: bool = True  # Adam/AdamW: one fused CUDA kernel per step (same update, last-bit rounding)
+    # torch.use_deterministic_algorithms (warn_only) + cuDNN benchmark off. Default true: the parity
+    # tests need it, and the released code that sets anything asks for determinism (DTCA, SPP-SCL set
+    # cudnn.deterministic; ITM's seeds alone). false: faster GPU kernels, last-bit differences between runs.
+    deterministic: bool = True
+    # What a run keeps on disk (never in the config hash): while it trains, last.pt (full state, for
+    # --resume) and best.pt (the selected epoch's weights); once finished, "best_weights" keeps best.pt
+    # only, "full" keeps last.pt too and writes best.pt with optimiser and RNG state.
+    keep_checkpoints: Literal["best_weights", "full"] = "best_weights"
 
     @model_serializer(mode="wrap")
     def _speed_only_keys_out(self, handler):
-        """`loader` changes speed only (batches and their order are the same): never in a dump, so
-        never in the config hash; GPU switches only when set away from their defaults."""
+        """`loader` changes speed only (batches and their order are the same) and `keep_checkpoints` only
+        what stays on disk: never in a dump, so never in the config hash; GPU switches (determinism
+        included) only when set away from their defaults."""
         data = handler(self)
         data.pop("loader", None)
+        data.pop("keep_checkpoints", None)
         for key, default in _GPU_DEFAULTS.items():
             if data.get(key) == default:
                 data.pop(key)
         return data
 
 
-_GPU_DEFAULTS = {"compile": False, "tf32": False, "fused_optimizer": True}
+_GPU_DEFAULTS = {"compile": False, "tf32": False, "fused_optimizer": True, "deterministic": True}
 
 
 class DataCfg(Strict):

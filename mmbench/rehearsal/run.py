@@ -26,6 +26,7 @@ from typing import Iterator
 
 import torch
 
+from mmbench.engine.checkpoint import disk_per_run
 from mmbench.engine.method import StepControl
 from mmbench.errors import MmbenchError
 
@@ -182,6 +183,7 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
                 break
         epoch += 1
     params = _parameters(model)  # after the loop: what the rehearsed epochs train (stages freeze parts)
+    checkpoint_bytes = disk_per_run(model, optimizers)  # optimiser state exists once every optimiser stepped
     train_seconds = seconds["data"] + seconds["forward"] + step.seconds["backward"] + step.seconds["optimizer"]
 
     model.eval()
@@ -211,6 +213,7 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
         "eval_batch": {"predictions": len(predictions), "seconds": round(eval_seconds, 3)},
         "build_seconds": round(build_seconds, 2),
         "memory": memory,
+        "checkpoint_bytes": checkpoint_bytes,
         "last_logs": last_logs,
         "finite": finite,
         "ok": all(finite.values()) and not unstepped,

@@ -6,7 +6,8 @@ runs/<paper>/<dataset>/<recipe>/seed<k>-<confighash>/
   log.jsonl          one line per epoch
   predictions-<split>.jsonl
   checkpoints/{last,best}.pt
-  train.lock         held (flock) by the process training in the dir; names its pid and host
+  train.lock         held (flock, mmbench.results.locks) by the process training in the dir, or by a
+                     launcher queueing it; its text names the holder
 
 Every write goes through `atomic_write_bytes`, which calls `FAULT_HOOK(path, phase)` at each point a
 process can die (`tmp-written`: the temp file is complete but not yet renamed; `renamed`: the target is
@@ -19,7 +20,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -144,28 +144,18 @@ def remove_leftovers(folder: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def run_lock(folder: Path):
-    """Hold <run dir>/train.lock (flock: released by the kernel when the process dies, however it
-    dies) while training; a second process gets one line naming the holder."""
-    import fcntl
+    """Hold <run dir>/train.lock while training (mmbench.results.locks: released by the kernel when the
+    process dies, however it dies; a held lock is what `status` calls running); a second process gets
+    one line naming the holder."""
+    from mmbench.results import locks
 
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    handle = open(path, "a+", encoding="utf-8")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise MmbenchError(f"{folder}: run dir is in use by {holder} (lock {path}); wait for it or stop that process") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        os.chmod(path, _file_mode())
-        yield
-    finally:
-        handle.close()  # releases the flock
+        with locks.hold(path):
+            os.chmod(path, _file_mode())
+            yield
+    except locks.LockHeld as exc:
+        raise MmbenchError(f"{folder}: run dir is in use by {exc.holder} (lock {path}); wait for it or stop that process") from None
 
 
 @contextlib.contextmanager
@@ -173,19 +163,15 @@ def reader_lock(folder: Path):
     """Hold <run dir>/train.lock shared while reading a run (eval): several readers may hold it at
     once, a trainer (exclusive, `run_lock`) may not; a run being trained is refused in one line, so a
     reader never runs checkpoint recovery beside a live trainer or reads a half-committed best."""
-    import fcntl
+    from mmbench.results import locks
 
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, _file_mode())
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            raise MmbenchError(f"{folder}: run is being trained (lock {path} held); evaluate it when training "
-                               "has finished or stopped") from None
-        yield
-    finally:
-        os.close(fd)
+        with locks.read(path, _file_mode()):
+            yield
+    except locks.LockHeld:
+        raise MmbenchError(f"{folder}: run is being trained (lock {path} held); evaluate it when training "
+                           "has finished or stopped") from None
 
 
 def check_resume(out: Path) -> None:

@@ -66,8 +66,10 @@ def test_metrics_json_has_the_documented_schema(mm_env):
     assert set(saved["metrics"]) == {"dev", "test"} and "accuracy" in saved["metrics"]["test"]
     for key in ("git_commit", "git_dirty", "torch", "transformers", "device", "precision"):
         assert key in saved["environment"], key
-    for name in ("recipe.yaml", "log.jsonl", "predictions-test.jsonl", "checkpoints/best.pt", "checkpoints/last.pt"):
+    for name in ("recipe.yaml", "log.jsonl", "predictions-test.jsonl", "checkpoints/best.pt"):
         assert os.path.exists(os.path.join(result["run_dir"], name)), name
+    assert not os.path.exists(os.path.join(result["run_dir"], "checkpoints/last.pt"))  # train.keep_checkpoints: best_weights
+    assert saved["checkpoints"]["keep"] == "best_weights" and saved["environment"]["deterministic"] is True
     predictions = open(os.path.join(result["run_dir"], "predictions-test.jsonl")).read().splitlines()
     assert len(predictions) == saved["examples"]["test"]
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from pathlib import Path
 from typer.testing import CliRunner
 
 from mmbench.cli import app
+from mmbench.results import locks
+from mmbench.results.store import LOCK_FILE
 
 MINI = """
 paper: mini
@@ -161,8 +165,6 @@ def test_status_of_an_untouched_plan_and_bad_options(mini, monkeypatch):
 
 def test_a_worker_leaves_a_run_that_another_worker_holds(mini, monkeypatch, tmp_path):
     """Two launchers started on one plan at the same moment: the second worker must not train."""
-    import fcntl
-
     from mmbench.launchers import make_jobs
     from mmbench.launchers.worker import HELD_EXIT
     from mmbench.recipes.loader import resolve
@@ -171,23 +173,161 @@ def test_a_worker_leaves_a_run_that_another_worker_holds(mini, monkeypatch, tmp_
         monkeypatch.setenv(key, value)
     job = make_jobs([(resolve("baselines/twitter15-bert", ["train.epochs=1"], smoke=True), 0)], "cpu")[0]
     job.run_dir.mkdir(parents=True)
-    with open(job.run_dir / "launch.lock", "a+") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by this process; the child must see it taken
+    with locks.hold(job.run_dir / LOCK_FILE):  # held by this process; the child must see it taken
         child = subprocess.run([sys.executable, "-m", "mmbench.launchers.worker", json.dumps(job.spec())],
                                capture_output=True, text=True, timeout=300)
     assert child.returncode == HELD_EXIT, child.stdout + child.stderr
-    assert "another launcher's worker is training this run" in child.stdout
-    assert sorted(p.name for p in job.run_dir.iterdir()) == ["launch.lock"]  # nothing trained, nothing written
+    assert f"another process is training this run (pid {os.getpid()} on" in child.stdout
+    assert sorted(p.name for p in job.run_dir.iterdir()) == [LOCK_FILE]  # nothing trained, nothing written
 
 
-def test_status_sees_a_trainer_holding_the_run_dir(tmp_path):
+def test_status_liveness_is_the_lock_itself_not_the_pid_it_names(tmp_path):
+    """A held lock is running (with progress from log.jsonl), whatever pid it names; a lock nobody holds
+    is not, even when it names a live pid on this host (a pid reused after a reboot)."""
     from mmbench.launchers import run_state
-    from mmbench.results.store import LOCK_FILE
 
     run = tmp_path / "run"
     run.mkdir()
     assert run_state(run) == ("missing", "")
-    (run / LOCK_FILE).write_text(f"pid {os.getpid()} on {__import__('socket').gethostname()}\n")
-    assert run_state(run)[0] == "running" and str(os.getpid()) in run_state(run)[1]
-    (run / LOCK_FILE).write_text(f"pid 999999999 on {__import__('socket').gethostname()}\n")  # a dead holder
+    rows = [{"epoch": 0, "steps": 10, "seconds": 60.0}, {"epoch": 1, "steps": 10, "seconds": 60.0}]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(run / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        state, detail = run_state(run, epochs=5)
+        assert state == "running" and f"pid {holder.pid} on" in detail and "epoch 2/5 done, step 20, ETA 3 min" in detail, detail
+    finally:
+        holder.kill()
+        holder.wait()
+    (run / LOCK_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")  # a live pid, but nobody holds it
     assert run_state(run) == ("missing", "")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert run_state(run, epochs=5)[0] == "partial"
+
+
+HOLD_SCRIPT = "import sys, time\nfrom mmbench.results import locks\nwith locks.hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n"
+
+
+def test_a_run_in_the_gpus_queue_is_queued_and_an_interrupted_one_partial(tmp_path, monkeypatch):
+    from mmbench.launchers import QUEUED_NOTE, run_state, write_launch
+    from mmbench.launchers.gpus import _enqueue
+    from mmbench.launchers import Job
+
+    runs = [tmp_path / f"run{i}" for i in range(2)]
+    jobs = [Job("r", [], True, 0, path) for path in runs]
+    queue, holds, held = _enqueue(jobs, log=lambda m: None)
+    assert len(queue) == 2 and not held
+    for path in runs:
+        state, detail = run_state(path)
+        assert state == "queued" and detail.startswith(QUEUED_NOTE), (state, detail)
+    for stack in holds.values():
+        stack.close()
+    from mmbench.launchers import read_launch
+    from mmbench.launchers.worker import _record_end, requeued
+
+    write_launch(runs[0], state="running")
+    _record_end(runs[0], KeyboardInterrupt())  # Ctrl-C, or SIGTERM through the worker's handler
+    assert read_launch(runs[0])["state"] == "interrupted"
+    requeued(runs[1], "time limit or preemption")  # submitit's checkpoint hook, then its SystemExit
+    _record_end(runs[1], SystemExit(144))
+    assert read_launch(runs[1])["state"] == "queued"
+    _record_end(runs[1], RuntimeError("Job not requeued because: timed-out too many times."))
+    assert read_launch(runs[1])["error"] == "RuntimeError: Job not requeued because: timed-out too many times."
+    (runs[0] / "checkpoints").mkdir()
+    (runs[0] / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert run_state(runs[0])[0] == "partial" and "interrupted" in run_state(runs[0])[1]
+    assert run_state(runs[1]) == ("failed", "RuntimeError: Job not requeued because: timed-out too many times.")
+
+
+@pytest.mark.slow
+def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_metrics(mini, mm_env):
+    """submitit's local executor, a 2-minute limit whose signal comes 60 s early (each job gets 60 s to
+    start and train, 60 s to exit after the signal: on a loaded 2-core machine a job's start alone took
+    35 s): the first job trains epoch 1 of 2, is held (test hook) until the limit's signal, is requeued,
+    and the requeued job resumes from last.pt and ends with the metrics of an uninterrupted run."""
+    pytest.importorskip("submitit")
+    from mmbench.engine.trainer import HOLD_ENV, fit
+    from mmbench.recipes.loader import resolve
+
+    env = {**mini(), HOLD_ENV: "1"}
+    paper = mm_env / "recipes" / "mini" / "paper.yaml"
+    paper.write_text(paper.read_text().replace("train.epochs=1", "train.epochs=2"))
+    config = mm_env / "launcher.yaml"
+    config.write_text("launcher: {cluster: local, time: 2, signal_delay_s: 60, gpus_per_task: 0}\n")
+    result = mmbench("reproduce", "mini", "--dataset", "twitter15", "--smoke", "--device", "cpu", "--launcher", "slurm",
+                     "--launcher-config", str(config), env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = next((mm_env / "runs").glob("*/*/*/seed0-*"))
+    logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_log.out"))
+    assert "requeued (time limit or preemption)" in logs and "resumed" in logs and "at epoch 1" in logs, logs[-3000:]
+    launch = json.loads((run_dir / "launch.json").read_text())
+    assert launch["state"] == "done" and launch["options"]["time"] == 2
+
+    for key, value in env.items():
+        os.environ[key] = value
+    os.environ.pop(HOLD_ENV)
+    try:
+        reference = fit(resolve("baselines/twitter15-bert", ["train.epochs=2"], smoke=True), 0, root=mm_env / "reference",
+                        log=lambda m: None)
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    requeued = json.loads((run_dir / "metrics.json").read_text())
+    assert requeued["metrics"] == reference["metrics"] and requeued["epochs_run"] == 2
+    assert requeued["final_train"] == reference["final_train"]  # epoch 2's loss, trained by the requeued job
+
+
+def test_a_gpus_child_that_cannot_see_its_gpu_refuses_to_train(mini, monkeypatch):
+    import torch
+
+    from mmbench.errors import MmbenchError
+    from mmbench.launchers import make_jobs, read_launch
+    from mmbench.launchers.worker import run_job
+    from mmbench.recipes.loader import resolve
+
+    for key, value in mini().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a broken driver
+    job = make_jobs([(resolve("baselines/twitter15-bert", ["train.epochs=1"], smoke=True), 0)], None)[0]
+    with pytest.raises(MmbenchError, match="CUDA_VISIBLE_DEVICES=3 was given to this run but torch sees no GPU"):
+        run_job(job.spec(), launcher="gpus")
+    assert read_launch(job.run_dir)["state"] == "failed" and "refusing to train on the CPU" in read_launch(job.run_dir)["error"]
+    assert not (job.run_dir / "checkpoints").exists()
+    job.device = "cpu"  # --device cpu: meant, not refused (the check is skipped; nothing else changes)
+    from mmbench.launchers.worker import check_gpu
+
+    check_gpu(job.device)
+
+
+def test_slurm_defaults_and_a_failed_jobs_cause(tmp_path):
+    from mmbench.launchers import write_launch
+    from mmbench.launchers.slurm import DEFAULT_TIME, SlurmOptions, failure_cause
+
+    assert DEFAULT_TIME == "24:00:00" and SlurmOptions().timeout_min() == 1440  # not submitit's 2 (local) or 5 (Slurm) minutes
+    assert SlurmOptions(cluster="local").executor_parameters("x")["timeout_min"] == 1440
+    assert SlurmOptions(time="1-02:00:30").timeout_min() == 26 * 60 + 1
+    wrapped = RuntimeError("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call last):\n"
+                           "  File \"x.py\", line 1\nValueError: bad encoder path\n\n----------------------\nYou can check full logs "
+                           "with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /x/0_log.err\n  - /x/0_log.out")
+    assert failure_cause(wrapped, tmp_path) == "ValueError: bad encoder path"
+    write_launch(tmp_path, state="failed", error="MmbenchError: /x: checkpoint not found")
+    assert failure_cause(wrapped, tmp_path) == "MmbenchError: /x: checkpoint not found"
+
+
+def test_status_remembers_the_plan_until_a_recipe_or_the_code_changes(mini, monkeypatch):
+    import mmbench.reproduce as reproduce
+
+    for key, value in mini().items():
+        monkeypatch.setenv(key, value)
+    first = reproduce.plan_status("mini", "twitter15", None, True)
+    calls = []
+    real = reproduce.plan_runs
+    monkeypatch.setattr(reproduce, "plan_runs", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert reproduce.plan_status("mini", "twitter15", None, True) == first and calls == []  # from <runs>/.plans/
+    paper = Path(os.environ["MMBENCH_RECIPES"]) / "mini" / "paper.yaml"
+    paper.write_text(paper.read_text().replace("train.epochs=1", "train.epochs=3"))
+    changed = reproduce.plan_status("mini", "twitter15", None, True)
+    assert len(calls) == 1 and changed[0]["run_dir"] != first[0]["run_dir"]
+    assert reproduce.plan_status("mini", "twitter15", 2, True) != changed and len(calls) == 2  # other arguments, other plan

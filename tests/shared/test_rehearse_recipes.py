@@ -21,6 +21,8 @@ def test_rehearsal_runs_every_optimiser_and_stays_finite(recipe):
     assert report["eval_batch"]["predictions"] > 0
     assert report["parameters"]["total"] >= report["parameters"]["trainable"] > 0
     assert report["samples_per_s"] > 0 and report["memory"]["peak_rss_mb"] > 0
+    disk = report["checkpoint_bytes"]  # Adam-family optimisers: the full state is about 3x the trained weights
+    assert disk["full_state"] > disk["weights"] > 0 and disk["finished_best_weights"] == disk["weights"]
     # every encoder came from a built-in architecture (nothing was downloaded or read from a cache)
     assert report["encoders"] and all(v["init"] == "random" and v["parameters"] > 0 for v in report["encoders"].values())
 
