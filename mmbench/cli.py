@@ -198,10 +198,12 @@ def eval_(run_dir: Path, split: str = typer.Option("test", help="dev | test"),
                                                "run dir (default: only for a finished run)")):
     """Evaluate a run's checkpoint on a split (also under torchrun)."""
     from mmbench.engine.trainer import evaluate_run
-    from mmbench.results.store import METRICS_FILE
+    from mmbench.results import locks
+    from mmbench.results.store import LOCK_FILE, METRICS_FILE
 
     finished = (run_dir / METRICS_FILE).exists()
-    if not finished and write is None and (run_dir / "recipe.yaml").is_file():  # not a run dir: evaluate_run says so
+    # not a run dir, or one being trained: evaluate_run says so in one line
+    if not finished and write is None and (run_dir / "recipe.yaml").is_file() and not locks.holder(run_dir / LOCK_FILE):
         typer.echo(f"warning: {run_dir} is unfinished (no {METRICS_FILE}); evaluating its {checkpoint} checkpoint "
                    "without writing into the run dir (--write to keep the files)", err=True)
     metrics = evaluate_run(run_dir, split, checkpoint, device, write=finished if write is None else write)

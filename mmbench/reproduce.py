@@ -165,7 +165,8 @@ def _run_local(jobs, skip_existing: bool, device: str | None) -> None:
 def _run_launched(pairs, launcher: str, device: str | None, gpus: str | None, slurm_options, wait: bool) -> int | None:
     """Hand the runs that are not done or held elsewhere to the gpus/slurm launcher; the number of
     failed runs, or None when the tables must not be printed yet (--no-wait)."""
-    from mmbench.launchers import make_jobs, run_state, summarize
+    from mmbench.launchers import make_jobs, summarize
+    from mmbench.launchers.status import run_state
 
     jobs, results = [], []
     for job in make_jobs(pairs, device):
@@ -196,7 +197,7 @@ def _run_launched(pairs, launcher: str, device: str | None, gpus: str | None, sl
 
 def plan_status(paper: str, dataset: str | None, n_seeds: int | None, smoke: bool, tables: list[str] | None = None) -> list[dict]:
     """`mmbench status`: each run of the plan with its state (mmbench.launchers.STATES), progress and path."""
-    from mmbench.launchers import run_state
+    from mmbench.launchers.status import run_state
 
     rows = plan_rows(paper, dataset, n_seeds, smoke, tables)
     for row in rows:

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mmbench"
 FLOORS = [
     {"mmbench", "mmbench.errors", "mmbench.registry", "mmbench.paths"},
     {"mmbench.data", "mmbench.metrics", "mmbench.recipes", "mmbench.results"},
-    {"mmbench.encoders", "mmbench.engine", "mmbench.report"},
+    {"mmbench.encoders", "mmbench.engine", "mmbench.report", "mmbench.plan_cache"},
     {"mmbench.papers"},
     {"mmbench.launchers", "mmbench.rehearsal", "mmbench.regress", "mmbench.reproduce", "mmbench.bench"},
     {"mmbench.cli", "mmbench.__main__"},

@@ -184,7 +184,7 @@ def test_a_worker_leaves_a_run_that_another_worker_holds(mini, monkeypatch, tmp_
 def test_status_liveness_is_the_lock_itself_not_the_pid_it_names(tmp_path):
     """A held lock is running (with progress from log.jsonl), whatever pid it names; a lock nobody holds
     is not, even when it names a live pid on this host (a pid reused after a reboot)."""
-    from mmbench.launchers import run_state
+    from mmbench.launchers.status import run_state
 
     run = tmp_path / "run"
     run.mkdir()
@@ -210,7 +210,8 @@ HOLD_SCRIPT = "import sys, time\nfrom mmbench.results import locks\nwith locks.h
 
 
 def test_a_run_in_the_gpus_queue_is_queued_and_an_interrupted_one_partial(tmp_path, monkeypatch):
-    from mmbench.launchers import QUEUED_NOTE, run_state, write_launch
+    from mmbench.launchers import QUEUED_NOTE, write_launch
+    from mmbench.launchers.status import run_state
     from mmbench.launchers.gpus import _enqueue
     from mmbench.launchers import Job
 
