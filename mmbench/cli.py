@@ -111,7 +111,7 @@ def show(recipe: str, set_: List[str] = typer.Option([], "--set", help="key.path
 
     resolved = resolve(recipe, set_, smoke=smoke)
     typer.echo(f"# {resolved.name}  config_hash={resolved.config_hash}  file={resolved.path}")
-    typer.echo(yaml.safe_dump(resolved.as_dict(), sort_keys=False))
+    typer.echo(yaml.safe_dump(resolved.as_dict(), sort_keys=False, allow_unicode=True))
 
 
 @app.command()
