@@ -111,7 +111,7 @@ def show(recipe: str, set_: List[str] = typer.Option([], "--set", help="key.path
 
     resolved = resolve(recipe, set_, smoke=smoke)
     typer.echo(f"# {resolved.name}  config_hash={resolved.config_hash}  file={resolved.path}")
-    typer.echo(yaml.safe_dump(resolved.as_dict(), sort_keys=False))
+    typer.echo(yaml.safe_dump(resolved.as_dict(), sort_keys=False, allow_unicode=True))
 
 
 @app.command()
@@ -216,10 +216,13 @@ def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbe
            format: str = typer.Option("md", "--format", help="md | latex | csv"),
            smoke: bool = typer.Option(False, help="show smoke runs (never mixed with full runs)"),
            all_: bool = typer.Option(False, "--all", help="every paper"),
-           out: Optional[Path] = typer.Option(None, help="write <paper>.<ext> files into this folder")):
-    """Render a paper's tables from finished runs: ours, the paper's value, Δ and ✓/✗."""
+           table: List[str] = typer.Option([], "--table", help="only this table id (repeatable)"),
+           no_runs: bool = typer.Option(False, "--no-runs", help="ignore runs/: the paper's numbers and our notes only "
+                                        "(what results/tables/ commits; `make tables`)"),
+           out: Optional[Path] = typer.Option(None, help="write <paper>.<ext> files (and sweep PNGs) into this folder")):
+    """Render a paper's tables from finished runs: ours, the paper's value, Δ and a verdict from the seeds."""
     from mmbench.recipes.loader import paper_names
-    from mmbench.report.tables import report as render
+    from mmbench.report.tables import render
     from mmbench.results.store import atomic_write_text
 
     if format not in ("md", "latex", "csv"):
@@ -228,15 +231,18 @@ def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbe
     if not papers:
         raise MmbenchError("name a paper or pass --all")
     for name in papers:
-        text = render(name, format, smoke, plot_dir=out)
+        rendered = render(name, format, smoke, plot_dir=out, tables=table or None, no_runs=no_runs)
+        for path in rendered.written:
+            typer.echo(f"wrote {path}")
         if out:
             ext = {"md": "md", "latex": "tex", "csv": "csv"}[format]
             target = out / f"{name}{'-smoke' if smoke else ''}.{ext}"
-            atomic_write_text(target, text)
+            atomic_write_text(target, rendered.text)
             typer.echo(f"wrote {target}")
         else:
-            typer.echo(text)
-        _say_if_no_runs(name, smoke)
+            typer.echo(rendered.text)
+        if not no_runs:
+            _say_if_no_runs(name, smoke)
 
 
 def _say_if_no_runs(paper: str, smoke: bool) -> None:

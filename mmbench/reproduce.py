@@ -140,7 +140,7 @@ def run_plan(paper: str, dataset: str, n_seeds: int | None, smoke: bool, dry_run
         failed = _run_launched(jobs, launcher, device, gpus, slurm_options, wait)
         if failed is None:
             return
-    print(report(paper, "md", smoke))
+    print(report(paper, "md", smoke, tables=tables))
     if failed:
         raise MmbenchError(f"{failed} of {len(jobs)} runs failed (listed above the tables); re-run the same command "
                            "to retry them (finished runs are skipped)")

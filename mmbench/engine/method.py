@@ -103,6 +103,23 @@ class Method:
     def num_examples(self, split: str) -> int:
         return len(self.examples[split])
 
+    def example_ids(self, split: str) -> list | None:
+        """The dataset id of each example of `split`, by prediction index (written into every
+        prediction): an example's own "id" when it carries one, else the prepared split's "id" column
+        when the examples are its rows in order; None when neither holds."""
+        examples = self.examples.get(split) or []
+        if examples and all(isinstance(e, dict) and "id" in e for e in examples):
+            return [e["id"] for e in examples]
+        rows = self.data[split] if self.data is not None and split in self.data else None
+        if rows is not None and "id" in rows.column_names and len(rows) == self.num_examples(split):
+            return list(rows["id"])
+        return None
+
+    def examples_note(self) -> str | None:
+        """Why metrics.json's example counts differ from the data manifest's (e.g. an auxiliary set
+        evaluated with the split); None when they are the manifest's."""
+        return None
+
     def train_batches(self, epoch: int) -> Iterator[Any]:
         train = self.recipe.train
         plan = epoch_batches(len(self.examples["train"]), train.batch_size, self.ctx.seed, epoch, train.shuffle, train.drop_last)

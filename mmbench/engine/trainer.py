@@ -113,6 +113,9 @@ def evaluate(session: Session, model: torch.nn.Module, split: str) -> tuple[dict
     predictions = sorted(gather_objects(session.ctx.world, predictions), key=lambda p: p["index"])
     if len(predictions) != session.method.num_examples(split):
         raise MmbenchError(f"{split}: {len(predictions)} predictions for {session.method.num_examples(split)} examples")
+    ids = session.method.example_ids(split)
+    if ids is not None:  # a reader can join a prediction to its example without re-running setup()
+        predictions = [{"id": ids[p["index"]], **p} for p in predictions]
     return session.method.metrics(predictions, split), predictions
 
 
@@ -198,7 +201,7 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
     loop = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False, "history": []}
     if resume and (ckpt_dir / "last.pt").exists():
         loop = {**loop, **load_checkpoint(ckpt_dir / "last.pt", model, optimizers, schedulers, restore_rng=True, map_location=ctx.device)}
-        log(f"resumed {out} at epoch {loop['epoch']}")
+        log(f"resumed {out} after epoch {loop['epoch']} of {train.epochs}")
     # the log is rebuilt from last.pt, which carries it: a row no checkpoint backs never survives
     history = loop.pop("history")
     if is_main:
@@ -236,7 +239,8 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
             loop.update(best=value, best_epoch=epoch, bad_epochs=0)
         else:
             loop["bad_epochs"] += 1
-        row = {"epoch": epoch, "steps": n_steps, "train": {k: v / counts[k] for k, v in sums.items()},
+        # epochs are counted from 1 in every file a person reads, as on the console (checkpoints count from 0)
+        row = {"epoch": epoch + 1, "steps": n_steps, "train": {k: v / counts[k] for k, v in sums.items()},
                train.select_split: select_metrics, "lr": {n: opt.param_groups[0]["lr"] for n, opt in optimizers.items()},
                "seconds": round(time.time() - epoch_start, 3), "throughput": meter.summary()}
         warnings = method.epoch_warnings(epoch, select_metrics)
@@ -297,8 +301,9 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         "synthetic": resolved.recipe.data.synthetic,
         "reportable": resolved.reportable,
         "examples": counts,
+        **({"examples_note": method.examples_note()} if method.examples_note() else {}),
         "metrics": metrics,
-        "selected_epoch": loop["best_epoch"],
+        "selected_epoch": None if loop["best_epoch"] is None else loop["best_epoch"] + 1,  # 1-based, as log.jsonl
         "epochs_run": loop["epoch"],
         "final_train": history[-1]["train"] if history else {},
         "data_manifest": {k: session.manifest.get(k) for k in ("counts", "raw_files", "count_check")},
@@ -377,4 +382,4 @@ def _yaml(resolved) -> str:
     data = resolved.as_dict()
     data.pop("extends", None)
     data["smoke"] = {}  # already applied
-    return yaml.safe_dump(data, sort_keys=False)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -25,7 +25,7 @@ from mmbench.recipes.schema import PaperCfg, Recipe
 from mmbench.registry import method_registry
 
 # Lists that a child recipe adds to instead of replacing.
-_CONCAT_KEYS = ("deviations", "assumptions")
+_CONCAT_KEYS = ("deviations", "assumptions", "footnotes")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class ResolvedRecipe:
         """Hash of everything that changes training except the seed (the seed is in the run dir)."""
         data = self.as_dict()
         data["train"].pop("seeds", None)
-        for key in ("description", "sources", "deviations", "assumptions", "smoke", "extends"):
+        for key in ("description", "sources", "deviations", "assumptions", "footnotes", "smoke", "extends"):
             data.pop(key, None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
@@ -350,6 +350,12 @@ def check_ranges(source: str, recipe: Recipe) -> None:
             raise RecipeError(located(source, f"train.optimizers.{name}.lr", f"must be a positive number, found {opt.lr}"))
         if opt.weight_decay < 0:
             raise RecipeError(located(source, f"train.optimizers.{name}.weight_decay", f"must be ≥ 0, found {opt.weight_decay}"))
+    notes = [*recipe.deviations, *recipe.assumptions]
+    for i, opening in enumerate(recipe.footnotes):
+        matches = sum(note.startswith(opening) for note in notes) if opening.strip() else 0
+        if matches != 1:
+            raise RecipeError(located(source, f"footnotes[{i}]", f"{opening!r} opens {matches} of the recipe's deviations/assumptions; "
+                                      "expected exactly one (quote the opening words of the note)"))
 
 
 MAX_SEED = 2**32  # numpy's seed range; torch's generators take seed * 100_003 + epoch (engine.batching)

@@ -139,6 +139,10 @@ class Recipe(Strict):
     sources: dict[str, str] = Field(default_factory=dict)
     deviations: list[str] = Field(default_factory=list)
     assumptions: list[str] = Field(default_factory=list)
+    # the opening words of the deviations/assumptions that change a number the paper's tables compare:
+    # the report cites them as footnotes on those rows; every other note is listed once in its
+    # "Recipes, assumptions and deviations" section (mmbench.report.notes)
+    footnotes: list[str] = Field(default_factory=list)
 
 
 class ColumnCfg(Strict):

@@ -48,7 +48,7 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(mm_env, mon
     monkeypatch.delenv(CRASH_ENV)
     run = next((mm_env / "crash").glob("*/*/*/seed0-*"))
     assert not (run / "metrics.json").exists()
-    assert [row["epoch"] for row in map(json.loads, (run / "log.jsonl").read_text().splitlines())] == [0]
+    assert [row["epoch"] for row in map(json.loads, (run / "log.jsonl").read_text().splitlines())] == [1]
     resumed = fit(smoke(), 0, root=mm_env / "crash", resume=True, log=lambda m: None)
     assert resumed["metrics"] == reference["metrics"]
     assert resumed["final_train"] == reference["final_train"]

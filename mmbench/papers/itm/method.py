@@ -86,9 +86,18 @@ class ITM(Method):
                                 f"model.num_regions×model.region_dim = {cfg.num_regions}×{cfg.region_dim}")
         self.examples = {"train": self._encode(self.data["train"], MAIN)}
         self.aux_train = self._encode(aux_data["train"], AUX)
+        self._aux_counts = {}
         for split in ("dev", "test"):
             main = self._encode(self.data[split], MAIN)
             self.examples[split] = main + self._encode(aux_data[split], AUX, offset=len(main))
+            self._aux_counts[split] = len(self.examples[split]) - len(main)
+
+    def examples_note(self) -> str | None:
+        aux = self.config.aux_dataset
+        counts = ", ".join(f"{split} {n}" for split, n in self._aux_counts.items())
+        return (f"dev and test also hold the {aux} examples of that split ({counts}; their predictions have source "
+                f"'itm'), on which the relevance/alignment metrics are computed; the data manifest counts "
+                f"{self.recipe.dataset} only, and accuracy/F1 are over its examples")
 
     def _encode(self, rows, source: int, offset: int = 0) -> list[dict]:
         cfg, store = self.config, self.stores[source]
@@ -100,7 +109,7 @@ class ITM(Method):
         for i, row in enumerate(rows):
             feature_row = store.index(row["iid"])
             related = row["relation"] == 1
-            example = {"index": offset + i, "source": source, "input_ids": ids[i], "label": int(row["label"]),
+            example = {"index": offset + i, "id": row["id"], "source": source, "input_ids": ids[i], "label": int(row["label"]),
                        "relation": int(row["relation"]), "feature_row": feature_row}
             if source == AUX:
                 proposals = np.asarray(store.boxes[feature_row])

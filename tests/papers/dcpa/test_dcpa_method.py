@@ -89,7 +89,7 @@ def test_coco_full_run_reports_5k_and_1k_fold_metrics_and_selects_stage_two(tmp_
     assert result["examples"]["test"] == 50  # testall's first 10 images × 5
     assert {"rsum", "fold1k_rsum", "fold1k_i2t_r1", "fold1k_t2i_r10"} <= set(test)
     assert test["fold1k_rsum"] == pytest.approx(sum(test[f"fold1k_{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)))
-    assert result["selected_epoch"] == 1 and test["select_rsum"] > 1000  # the stage-2 epoch was selected
+    assert result["selected_epoch"] == 2 and test["select_rsum"] > 1000  # the stage-2 epoch was selected
     log = [json.loads(line) for line in open(f"{result['run_dir']}/log.jsonl")]
     assert [row["train"]["stage"] for row in log] == [1.0, 2.0]
     preds = [json.loads(line) for line in open(f"{result['run_dir']}/predictions-test.jsonl")]

@@ -185,10 +185,10 @@ def test_lr_follows_cosine_restarts_per_stage_and_restarts_at_stage_two(mm_env, 
     monkeypatch.setattr(StepControl, "optimizer_step", spy)
     result = fit(resolved, seed=0, log=lambda s: None)
     log = [json.loads(line) for line in open(f"{result['run_dir']}/log.jsonl")]
-    assert [row["epoch"] for row in log] == list(range(7))
+    assert [row["epoch"] for row in log] == list(range(1, 8))  # counted from 1, as on the console
     assert [row["train"]["stage"] for row in log] == [1.0] * 4 + [2.0] * 3
     for row in log:  # "train.lr" is the mean of the per-step lr: constant within an epoch
-        assert row["train"]["lr"] == pytest.approx(expected[row["epoch"]], rel=1e-9), row
+        assert row["train"]["lr"] == pytest.approx(expected[row["epoch"] - 1], rel=1e-9), row
     for epoch, lrs in stepped:  # every optimiser step, every param group
         assert all(x == pytest.approx(expected[epoch], rel=1e-12) for x in lrs), (epoch, lrs)
     assert {e for e, _ in stepped} == set(range(7)) and len(stepped) == sum(row["steps"] for row in log)
