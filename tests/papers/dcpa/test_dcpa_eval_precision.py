@@ -96,8 +96,11 @@ def test_method_evaluates_in_fp32_by_default_whatever_the_run_autocast():
         plain = method.score_split(model, "dev")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             under_bf16 = method.score_split(model, "dev")
-    for a, b in zip(plain, under_bf16):
+        method.config = method.config.model_copy(update={"eval_precision": "bf16"})
+        opt_in = method.score_split(model, "dev")
+    for a, b, c in zip(plain, under_bf16, opt_in):
         assert torch.equal(a, b)
+        assert not torch.equal(a, c)  # the switch reaches the scoring: bf16 layers give other values
 
 
 def test_compiled_block_scoring_is_one_graph_per_stage(monkeypatch):
