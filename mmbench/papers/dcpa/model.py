@@ -29,9 +29,14 @@ def fp32_similarity(device: torch.device):
     """Similarities that are compared (cosines, eq 13's max, the top-K of eqs 10/14, the W1/W2 weighting)
     are computed and stored in float32 even inside a bf16 autocast: bf16 keeps 8 significand bits, so a
     row of 1,000 captions' scores collapses to ~100 distinct values and top-K and ranks are decided by
-    ties. Inputs are up-cast with `.float()` (a float64 smoke run stays float64)."""
+    ties. Inputs are up-cast with `at_least_fp32` (float64 stays float64)."""
     with torch.autocast(device.type, enabled=False):
         yield
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 → float32; float32 and float64 unchanged (a float64 model is never rounded to float32)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def topk_mean(sims: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,7 +114,7 @@ class IntraPAM(nn.Module):
     def similarity(self, visual_phrases: torch.Tensor, sentence: torch.Tensor, k: int, how: str) -> torch.Tensor:
         """visual_phrases [Bi, m, d] (un-normalised r_k^V), sentence [Bc, d] (c^T) → [Bi, Bc] (float32)."""
         with fp32_similarity(sentence.device):
-            visual_phrases, sentence = visual_phrases.float(), sentence.float()
+            visual_phrases, sentence = at_least_fp32(visual_phrases), at_least_fp32(sentence)
             if how == "global_ave":  # SAEM (Table III "global-ave"): pool the phrases, then one cosine
                 return l2norm(visual_phrases.mean(1)) @ sentence.t()
             local = torch.einsum("imd,cd->icm", l2norm(visual_phrases), sentence)  # r_k^V · c^T
@@ -129,7 +134,7 @@ class InterPAM(nn.Module):
         """S(i^T, c): regions [Bi, m, d], i^P [Bi, m, d], c [Bc, n, d] → [Bi, Bc]."""
         mapped = self.i2t.cross_part(region_phrases[:, None], words[None], word_mask[None])  # eqs (11)-(12): i^T [Bi, Bc, m, d]
         with fp32_similarity(words.device):
-            mapped, words = mapped.float(), words.float()
+            mapped, words = at_least_fp32(mapped), at_least_fp32(words)
             if how == "global_ave":  # Table IV "w/o local-agg": average first, then one cosine
                 return (l2norm(mapped.mean(2)) * l2norm(masked_mean(words, word_mask, 1))[None]).sum(-1)
             a = torch.einsum("icmd,cnd->icmn", l2norm(mapped), l2norm(words))  # eq (13): A(k, l) = vp_k^T · w_l
@@ -140,7 +145,7 @@ class InterPAM(nn.Module):
         """S(i, c^V): the symmetric branch; words attend to regions → c^V [Bi, Bc, n, d]."""
         mapped = self.t2i.cross_part(word_phrases[None], regions[:, None])  # eq (11) with roles swapped
         with fp32_similarity(regions.device):
-            mapped, regions = mapped.float(), regions.float()
+            mapped, regions = at_least_fp32(mapped), at_least_fp32(regions)
             if how == "global_ave":
                 return (l2norm(masked_mean(mapped, word_mask[None], 2)) * l2norm(regions.mean(1))[:, None]).sum(-1)
             a = torch.einsum("icnd,imd->icnm", l2norm(mapped), l2norm(regions))  # eq (13) mirrored: wp_l^V · r_k
