@@ -3,9 +3,11 @@ score *pairs*: leading dims broadcast, so queries of Bi images [Bi, 1, Lq, d] at
 captions [1, Bc, Lk, d] giving [Bi, Bc, Lq, d] without copying either side Bi·Bc times.
 
 Two kernels compute the pair case, with the same numbers (tested): `broadcast`, eqs (2)-(3) line by
-line, lets matmul expand q/k/v to every pair and runs B_i·B_c·h tiny products; `batched` (default) keeps
-one side whole — scores of all queries of a block against one item's keys are one [B·L_q, d_k] × [d_k, L_k]
-product per head — so nothing is copied per pair and the products are large enough for BLAS/tensor cores.
+line, lets matmul expand q/k/v to every pair (copying the queries once per key item) and runs
+B_i·B_c·h tiny products; `batched` (default) scores every query of a block against every key of the
+block in one [B_i·L_q, d_k] × [d_k, B_c·L_k] product per head, so neither q nor k is repeated per pair,
+then applies each pair's softmax weights to its own values in one batched product (the weights, which
+exist per pair anyway, are the only per-pair tensor laid out again, plus the head concatenation of eq 4).
 
 Post-LN as in the paper ("a residual connection followed by a layer normalization is applied for each
 sublayer"), ReLU FFN (eq 5). Equal to torch.nn.TransformerEncoderLayer / TransformerDecoderLayer
@@ -75,14 +77,21 @@ class MultiHeadAttention(nn.Module):
         q = q[:, 0] if queries_first else q[0]  # [A, h, Lq, d_k]
         k, v = (k[0], v[0]) if queries_first else (k[:, 0], v[:, 0])  # [B, h, Lk, d_k]
         n_q, heads, len_q, head_dim = q.shape
-        n_k = k.shape[0]
+        n_k, len_k = k.shape[0], k.shape[2]
         flat_q = q.transpose(0, 1).reshape(heads, n_q * len_q, head_dim)  # all queries of the block, per head
-        scores = flat_q @ k.transpose(-1, -2) / math.sqrt(head_dim)  # eq (2): [B, h, A·Lq, Lk]
+        flat_k = k.permute(1, 3, 0, 2).reshape(heads, head_dim, n_k * len_k)  # all keys of the block, per head
+        # eq (2): one [A·Lq, d_k] × [d_k, B·Lk] product per head, every query against every key; neither
+        # side is repeated per pair (a broadcast matmul would copy the queries B times)
+        scores = torch.bmm(flat_q, flat_k).view(heads, n_q * len_q, n_k, len_k) / math.sqrt(head_dim)
         if key_mask is not None:  # [1, B, Lk] or [B, 1, Lk]: True = a real key
             keys = key_mask[0] if queries_first else key_mask[:, 0]
-            scores = scores.masked_fill(~keys[:, None, None, :], float("-inf"))
-        heads_out = (self.dropout(scores.softmax(-1)) @ v).view(n_k, heads, n_q, len_q, head_dim)  # eqs (2)-(3)
-        order = (2, 0, 3, 1, 4) if queries_first else (0, 2, 3, 1, 4)  # → [pair dims..., Lq, h, d_k]
+            scores = scores.masked_fill(~keys[None, None], float("-inf"))
+        weights = self.dropout(scores.softmax(-1))  # eq (2): over each pair's own keys
+        # eq (3): head_j = softmax(.) V_j per pair: batched over (head, key item); the only per-pair
+        # operand laid out again is this weight matrix itself (the product's input)
+        heads_out = weights.permute(0, 2, 1, 3) @ v.transpose(0, 1)  # [h, B, A·Lq, d_k]
+        heads_out = heads_out.view(heads, n_k, n_q, len_q, head_dim)
+        order = (2, 1, 3, 0, 4) if queries_first else (1, 2, 3, 0, 4)  # → [pair dims..., Lq, h, d_k]
         return self.w_o(heads_out.permute(order).flatten(-2))  # eq (4): concat(head_1..head_h) W^O
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:

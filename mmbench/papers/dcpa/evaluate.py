@@ -9,13 +9,43 @@ are kept whole. Two ways to run it, with the same results (tested):
 - fast (`caption_order` + `device`): caption blocks follow `caption_order` (shortest first, so a block is
   padded to a length close to its own captions' instead of the file's longest: Inter-PAM's cost grows
   with the padded length), the score matrices stay on `device` and go to the host once, in file order.
+
+Precision (`eval_precision`): `fp32` (default) scores in float32 whatever autocast the caller is in (the
+engine evaluates under the run's autocast: bf16 on CUDA) and without TF32, so ranks are those of fp32
+on every device; `bf16` (opt-in, faster on GPUs) runs the transformer layers under a bf16 autocast while
+the similarities, top-K and the W1/W2 weighting stay float32 (model.fp32_similarity): ranks may move by
+bf16 rounding of the layers (tested).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@contextmanager
+def eval_precision(precision: str, device: torch.device):
+    """The numeric mode of an evaluation (see module docstring)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"eval precision {precision!r}: choose one of {PRECISIONS}")
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    matmul = torch.get_float32_matmul_precision()
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")  # no TF32 (10-bit significand) matmuls
+    torch.backends.cudnn.allow_tf32 = False  # the phrase CNN's convolutions
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
 
 
 def blocked_all_pairs(
@@ -69,12 +99,21 @@ def blocked_all_pairs(
 
 def score_all_pairs(model, regions: Callable[[list[int]], torch.Tensor], captions, n_images: int, n_captions: int,
                     image_block: int, caption_block: int, fast: bool = True, device: torch.device | None = None,
-                    pair_scores: Callable | None = None, progress: bool = False, desc: str = "pairs") -> tuple[torch.Tensor, ...]:
+                    pair_scores: Callable | None = None, progress: bool = False, desc: str = "pairs",
+                    precision: str = "fp32") -> tuple[torch.Tensor, ...]:
     """(S_i2t, S_t2i) [n_images, n_captions] of a model with `encode_images(regions)`,
     `encode_captions(words, mask)` and `pair_scores(images, captions)` (DCPAModel). `regions(indices)`
     gives those images' region features; `captions` has `batch(indices, device) → (words, mask)` and
-    `lengths()` (text.WordFeatures, gru.TokenIds). `fast`: length order + matrices on `device`."""
+    `lengths()` (text.WordFeatures, gru.TokenIds). `fast`: length order + matrices on `device`.
+    `precision`: `eval_precision` (fp32 by default, whatever autocast surrounds the call)."""
     device = torch.device("cpu") if device is None else device
+    with eval_precision(precision, device):
+        return _score_all_pairs(model, regions, captions, n_images, n_captions, image_block, caption_block, fast,
+                                device, pair_scores, progress, desc)
+
+
+def _score_all_pairs(model, regions, captions, n_images, n_captions, image_block, caption_block, fast, device,
+                     pair_scores, progress, desc) -> tuple[torch.Tensor, ...]:
     pair_scores = model.pair_scores if pair_scores is None else pair_scores
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, n_images, image_block):  # each image encoded once, kept for every caption block

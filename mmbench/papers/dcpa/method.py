@@ -19,8 +19,10 @@ in stage 2), its vocabulary built from the training captions in setup and kept i
 Examples are captions (SCAN): caption j and its image j // 5 form a positive pair. Evaluation scores
 every image × caption pair of a split in blocks (`evaluate.blocked_all_pairs`); `eval_fast` (default)
 sorts captions by length and keeps the score matrices on the device, `pair_attention` chooses the
-attention kernel (attention.py), `eval_compile` wraps the per-block scoring in torch.compile. Under a
-bf16 autocast (CUDA runs) the blocks compute in bf16 and the score matrices stay float32.
+attention kernel (attention.py), `eval_compile` wraps the per-block scoring in torch.compile (one graph
+per stage: the stage is a Python constant there). `eval_precision: fp32` (default) evaluates in float32
+on every device, whatever the run's training autocast, so ranks are fp32's; `bf16` is the opt-in fast
+mode: bf16 transformer layers, float32 similarities, top-K and weighting (evaluate.eval_precision).
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ class DCPAConfig(BaseModel):
     # (VSE++'s known cold-start collapse; 0 = the paper's hardest negatives throughout)
     max_violation_warmup_epochs: int = 0
     loss_reduction: Literal["sum", "mean"] = "sum"
+    # "not learning" warning (epoch_warnings): checked after each stage's N-th epoch (N ≥ 2; 0: never);
+    # the fraction of the RSUM headroom each stage must have gained over its start by then (stage 1, 2)
+    not_learning_epochs: int = 2
+    not_learning_min_gain: tuple[float, float] = (0.05, 0.0)
     intra_similarity: Similarity = "local_agg"  # Table III: local-agg (eq 10) vs global-ave (SAEM)
     inter_similarity: Similarity = "local_agg"  # Table IV "w/o local-agg"
     decoupled: bool = True  # Table IV "w/o decoupled"
@@ -88,7 +94,9 @@ class DCPAConfig(BaseModel):
     stage2_batch_size: int = 84
     stage1_checkpoint: str | None = None
     train_region_fc_in_stage2: bool = False
-    lr_restart_epochs: int = 10  # T_0 of cosine annealing with warm restarts
+    # T_0 of cosine annealing with warm restarts; `stage`: T_0 = the stage's length (one cosine per stage,
+    # the only restart at stage 2)
+    lr_restart_epochs: int | Literal["stage"] = 10
     lr_restart_mult: int = 1
     lr_eta_min: float = 0.0
     test_split: str = "test"  # COCO: testall (5K), with fold_images=1000 for the 1K protocol
@@ -97,6 +105,7 @@ class DCPAConfig(BaseModel):
     pair_attention: Literal["batched", "broadcast"] = "batched"  # attention.py; same numbers
     eval_fast: bool = True  # length-sorted caption blocks, score matrices kept on the device
     eval_compile: bool = False  # torch.compile the per-block scoring (CUDA: worth it on big splits)
+    eval_precision: Literal["fp32", "bf16"] = "fp32"  # evaluate.eval_precision: fp32 ranks on every device
     eval_image_block: int | None = None  # None: by device (EVAL_BLOCKS)
     eval_caption_block: int | None = None
     progress: bool = False
@@ -113,6 +122,9 @@ class DCPA(Method):
         if schedule.name != "constant":
             raise RecipeError("train.optimizers.main.schedule.name: dcpa sets its per-stage cosine-restart lr "
                               "itself (model.lr_restart_epochs); use `constant` here")
+        if cfg.not_learning_epochs == 1 or not all(0.0 <= gain < 1.0 for gain in cfg.not_learning_min_gain):
+            raise RecipeError(f"model.not_learning_epochs {cfg.not_learning_epochs} / not_learning_min_gain "
+                             f"{cfg.not_learning_min_gain}: N = 0 (off) or ≥ 2 epochs; fractions of the RSUM headroom in [0, 1)")
         self.split_of = {"train": "train", "dev": "dev", "test": cfg.test_split}
         self.features, self.words = {}, {}
         self.vocab = self._build_vocab() if cfg.text_backbone == "bigru" else None
@@ -185,7 +197,8 @@ class DCPA(Method):
         # after build_model; on_epoch_start freezes per stage (frozen ones get no grad, Adam skips them)
         self.model.stage.fill_(self.stage)
         set_pair_kernel(self.model, cfg.pair_attention)
-        self._compiled = None
+        self._compiled: dict[int, object] = {}  # per stage
+        self._stage_rsum: dict[int, list[float]] = {}  # dev RSUM per epoch of each stage (epoch_warnings)
         return self.model
 
     def _set_stage(self, stage: int) -> None:
@@ -214,7 +227,10 @@ class DCPA(Method):
     def _stage_lr(self, epoch: int) -> float:
         epoch_in_stage = self._epoch_in_stage(epoch)
         cfg = self.config
-        schedule = ScheduleCfg(name="cosine_restarts", t0=cfg.lr_restart_epochs, t_mult=cfg.lr_restart_mult,
+        t0 = cfg.lr_restart_epochs
+        if t0 == "stage":
+            t0 = self.stage1_epochs if self.stage == 1 else self.recipe.train.epochs - self.stage1_epochs
+        schedule = ScheduleCfg(name="cosine_restarts", t0=max(1, t0), t_mult=cfg.lr_restart_mult,
                                eta_min=cfg.lr_eta_min)
         return self.recipe.train.optimizers["main"].lr * schedule_factor(schedule, epoch_in_stage, 0, 1)
 
@@ -239,18 +255,40 @@ class DCPA(Method):
         return {"loss": loss.item(), "lr": lr, "stage": float(self.stage)}
 
     def epoch_warnings(self, epoch: int, metrics: dict[str, float]) -> list[str]:
-        """After the first epoch of a stage: a dev RSUM still within chance (hardest negatives from the
-        first step can collapse VSE++-style training) is worth a line in the log."""
-        if self._epoch_in_stage(epoch) != 0 or "rsum" not in metrics:
+        """"Not learning" check, once per stage, after the stage's `not_learning_epochs`-th epoch (N ≥ 2).
+        The stage is not learning when its dev RSUM (a) has not improved on its own first epoch, or (b)
+        has not risen above where the stage started by `not_learning_min_gain[stage - 1]` of the headroom
+        (600 − start). Stage 1 starts from random scores (chance_rsum's expected RSUM): (b) catches a
+        collapse to near chance, (a) a model that does not move even where chance is noisy (few dev
+        images). Stage 2 starts from the best stage-1 dev RSUM (Intra-PAM alone, which stage 2 reloads):
+        an Inter-PAM that adds nothing is not learning. Stage 1 not seen in this process
+        (`stage1_checkpoint`, a resumed run): stage 2 is judged by (a) only."""
+        if "rsum" not in metrics:
             return []
-        n_images = len(self.examples[self.recipe.train.select_split]) // CAPTIONS_PER_IMAGE
-        mean, std = chance_rsum(n_images, CAPTIONS_PER_IMAGE)
-        if metrics["rsum"] > mean + 3 * std:
+        history = self._stage_rsum.setdefault(self.stage, [])
+        history.append(metrics["rsum"])
+        cfg = self.config
+        if cfg.not_learning_epochs < 2 or len(history) != cfg.not_learning_epochs:
             return []
-        return [f"stage {self.stage}: {self.recipe.train.select_split} RSUM {metrics['rsum']:.1f} after its first epoch "
-                f"is at chance ({mean:.1f}, +3σ {mean + 3 * std:.1f}, on {n_images} images); hardest negatives "
-                f"from the first step can collapse training: model.max_violation_warmup_epochs=1 or 2 starts "
-                f"each stage on all negatives"]
+        split = self.recipe.train.select_split
+        best, gain = max(history[1:]), cfg.not_learning_min_gain[self.stage - 1]
+        reasons = []
+        if best <= history[0]:
+            reasons.append(f"not above its first epoch's {history[0]:.1f}")
+        if self.stage == 1:
+            n_images = len(self.examples[split]) // CAPTIONS_PER_IMAGE
+            start, what = chance_rsum(n_images, CAPTIONS_PER_IMAGE)[0], f"random scores' {n_images}-image RSUM"
+        else:
+            start, what = max(self._stage_rsum.get(1, [float("inf")])), "the stage-1 model it started from"
+        needed = start + gain * (600.0 - start)
+        if start < float("inf") and max(history) <= needed:
+            reasons.append(f"not above {needed:.1f} ({what}, {start:.1f}, + {gain:g} of the headroom to 600)")
+        if not reasons:
+            return []
+        hint = (" Hardest negatives from the first step can collapse training: model.max_violation_warmup_epochs=1 "
+                "or 2 starts each stage on all negatives." if cfg.max_violation else "")
+        return [f"stage {self.stage} not learning: {split} RSUM {max(history):.1f} after {len(history)} epochs, "
+                f"{' and '.join(reasons)}.{hint}"]
 
     # -- evaluation -----------------------------------------------------------------------------
     def eval_blocks(self) -> tuple[int, int]:
@@ -259,11 +297,12 @@ class DCPA(Method):
         return cfg.eval_image_block or image_block, cfg.eval_caption_block or caption_block
 
     def _pair_scores(self, model):
+        stage = int(model.stage)  # read here, outside the compiled region
         if not self.config.eval_compile:
-            return model.pair_scores
-        if self._compiled is None:  # shapes change with each block's caption length: compile dynamic
-            self._compiled = torch.compile(model.pair_scores, dynamic=True)
-        return self._compiled
+            return model.stage_pair_scores(stage)
+        if stage not in self._compiled:  # shapes change with each block's caption length: compile dynamic
+            self._compiled[stage] = torch.compile(model.stage_pair_scores(stage), dynamic=True)
+        return self._compiled[stage]
 
     def score_split(self, model, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(S_i2t, S_t2i) [N_images, N_captions] of every pair of a split, in blocks."""
@@ -273,7 +312,7 @@ class DCPA(Method):
         return score_all_pairs(model, lambda images: self._regions(split, images), self.words[split],
                                n_captions // CAPTIONS_PER_IMAGE, n_captions, image_block, caption_block,
                                fast=cfg.eval_fast, device=self.ctx.device, pair_scores=self._pair_scores(model),
-                               progress=cfg.progress, desc=f"dcpa {split}")
+                               progress=cfg.progress, desc=f"dcpa {split}", precision=cfg.eval_precision)
 
     def predict(self, model, split: str) -> list[dict]:
         s_i2t, s_t2i = self.score_split(model, split)

@@ -11,6 +11,7 @@ so training (all B×B pairs of a batch) and blocked evaluation share one code pa
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,21 @@ from mmbench.papers.dcpa.attention import EncoderLayer, PairDecoderLayer
 
 def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     return x / x.norm(dim=dim, keepdim=True).clamp(min=eps)
+
+
+@contextmanager
+def fp32_similarity(device: torch.device):
+    """Similarities that are compared (cosines, eq 13's max, the top-K of eqs 10/14, the W1/W2 weighting)
+    are computed and stored in float32 even inside a bf16 autocast: bf16 keeps 8 significand bits, so a
+    row of 1,000 captions' scores collapses to ~100 distinct values and top-K and ranks are decided by
+    ties. Inputs are up-cast with `at_least_fp32` (float64 stays float64)."""
+    with torch.autocast(device.type, enabled=False):
+        yield
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 → float32; float32 and float64 unchanged (a float64 model is never rounded to float32)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def topk_mean(sims: torch.Tensor, k: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,11 +112,13 @@ class IntraPAM(nn.Module):
         self.textual = TextPhraseCNN(d.word_dim, d.filters, d.windows, d.dim)  # eqs (7)-(9)
 
     def similarity(self, visual_phrases: torch.Tensor, sentence: torch.Tensor, k: int, how: str) -> torch.Tensor:
-        """visual_phrases [Bi, m, d] (un-normalised r_k^V), sentence [Bc, d] (c^T) → [Bi, Bc]."""
-        if how == "global_ave":  # SAEM (Table III "global-ave"): pool the phrases, then one cosine
-            return l2norm(visual_phrases.mean(1)) @ sentence.t()
-        local = torch.einsum("imd,cd->icm", l2norm(visual_phrases), sentence)  # r_k^V · c^T
-        return topk_mean(local, k)  # eq (10)
+        """visual_phrases [Bi, m, d] (un-normalised r_k^V), sentence [Bc, d] (c^T) → [Bi, Bc] (float32)."""
+        with fp32_similarity(sentence.device):
+            visual_phrases, sentence = at_least_fp32(visual_phrases), at_least_fp32(sentence)
+            if how == "global_ave":  # SAEM (Table III "global-ave"): pool the phrases, then one cosine
+                return l2norm(visual_phrases.mean(1)) @ sentence.t()
+            local = torch.einsum("imd,cd->icm", l2norm(visual_phrases), sentence)  # r_k^V · c^T
+            return topk_mean(local, k)  # eq (10)
 
 
 class InterPAM(nn.Module):
@@ -115,19 +133,23 @@ class InterPAM(nn.Module):
     def i2t_scores(self, regions, region_phrases, words, word_mask, k, how):
         """S(i^T, c): regions [Bi, m, d], i^P [Bi, m, d], c [Bc, n, d] → [Bi, Bc]."""
         mapped = self.i2t.cross_part(region_phrases[:, None], words[None], word_mask[None])  # eqs (11)-(12): i^T [Bi, Bc, m, d]
-        if how == "global_ave":  # Table IV "w/o local-agg": average first, then one cosine
-            return (l2norm(mapped.mean(2)) * l2norm(masked_mean(words, word_mask, 1))[None]).sum(-1)
-        a = torch.einsum("icmd,cnd->icmn", l2norm(mapped), l2norm(words))  # eq (13): A(k, l) = vp_k^T · w_l
-        a = a.masked_fill(~word_mask[None, :, None, :], float("-inf"))
-        return topk_mean(a.amax(-1), k)  # eq (14): (1/K) Σ topK_k [max_l A(k, l)]
+        with fp32_similarity(words.device):
+            mapped, words = at_least_fp32(mapped), at_least_fp32(words)
+            if how == "global_ave":  # Table IV "w/o local-agg": average first, then one cosine
+                return (l2norm(mapped.mean(2)) * l2norm(masked_mean(words, word_mask, 1))[None]).sum(-1)
+            a = torch.einsum("icmd,cnd->icmn", l2norm(mapped), l2norm(words))  # eq (13): A(k, l) = vp_k^T · w_l
+            a = a.masked_fill(~word_mask[None, :, None, :], float("-inf"))
+            return topk_mean(a.amax(-1), k)  # eq (14): (1/K) Σ topK_k [max_l A(k, l)]
 
     def t2i_scores(self, regions, words, word_phrases, word_mask, k, how):
         """S(i, c^V): the symmetric branch; words attend to regions → c^V [Bi, Bc, n, d]."""
         mapped = self.t2i.cross_part(word_phrases[None], regions[:, None])  # eq (11) with roles swapped
-        if how == "global_ave":
-            return (l2norm(masked_mean(mapped, word_mask[None], 2)) * l2norm(regions.mean(1))[:, None]).sum(-1)
-        a = torch.einsum("icnd,imd->icnm", l2norm(mapped), l2norm(regions))  # eq (13) mirrored: wp_l^V · r_k
-        return topk_mean(a.amax(-1), k, mask=word_mask[None].expand(a.shape[:3]))  # eq (14) mirrored over words
+        with fp32_similarity(regions.device):
+            mapped, regions = at_least_fp32(mapped), at_least_fp32(regions)
+            if how == "global_ave":
+                return (l2norm(masked_mean(mapped, word_mask[None], 2)) * l2norm(regions.mean(1))[:, None]).sum(-1)
+            a = torch.einsum("icnd,imd->icnm", l2norm(mapped), l2norm(regions))  # eq (13) mirrored: wp_l^V · r_k
+            return topk_mean(a.amax(-1), k, mask=word_mask[None].expand(a.shape[:3]))  # eq (14) mirrored over words
 
 
 class DCPAModel(nn.Module):
@@ -178,10 +200,21 @@ class DCPAModel(nn.Module):
         return s_i2t, s_t2i
 
     def pair_scores(self, img: dict, cap: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference scores (§III-D): I2T = W1·S(i^V,c^T) + W2·S(i^T,c), T2I = W1·S(i^V,c^T) + W2·S(i,c^V)."""
+        """Inference scores (§III-D) of the stage this weight set belongs to (`stage_pair_scores`)."""
+        return self.stage_pair_scores(int(self.stage))(img, cap)
+
+    def stage_pair_scores(self, stage: int):
+        """The scoring function of `stage`, with the stage a Python constant: no tensor is read to pick
+        the branch, so torch.compile traces it as one graph (reading the `stage` buffer breaks it)."""
+        return self._intra_pair_scores if stage == 1 else self._full_pair_scores
+
+    def _intra_pair_scores(self, img: dict, cap: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        intra = self.intra_scores(img, cap)  # stage 1: S(i^V, c^T) for both directions
+        return intra, intra
+
+    def _full_pair_scores(self, img: dict, cap: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """I2T = W1·S(i^V,c^T) + W2·S(i^T,c), T2I = W1·S(i^V,c^T) + W2·S(i,c^V): float32 (fp32_similarity)."""
         intra = self.intra_scores(img, cap)
-        if int(self.stage) == 1:
-            return intra, intra
         s_i2t, s_t2i = self.inter_scores(img, cap)
         w1, w2 = self.weights
         return w1 * intra + w2 * s_i2t, w1 * intra + w2 * s_t2i

@@ -34,6 +34,8 @@ def test_stage1_smoke_training_learns():
     assert test["rsum"] > 260, test
     assert test["select_rsum"] == test["rsum"]  # stage 1: no offset
     assert set(test) >= {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "r1_sum"}
+    log = [json.loads(line) for line in open(f"{result['run_dir']}/log.jsonl")]
+    assert not any("warnings" in row for row in log)  # it learns: no "not learning" warning (issue 29)
 
 
 def _step(session, optimizer, epoch):

@@ -195,3 +195,17 @@ def test_lr_follows_cosine_restarts_per_stage_and_restarts_at_stage_two(mm_env, 
     # row["lr"] is the lr the optimiser holds at the epoch's end (the engine's scheduler is `constant`
     # for dcpa: reading the scheduler instead logged lr0 every epoch)
     assert [row["lr"]["main"] for row in log] == pytest.approx(expected, rel=1e-9)
+
+
+def test_lr_restart_period_stage_is_one_cosine_per_stage(mm_env):
+    """The other reading of §IV-B's warm restarts (recipe footnote): T_0 = the stage's length."""
+    resolved = resolve("dcpa/flickr30k", ["model.stage1_epochs=4", "train.epochs=7", "model.lr_restart_epochs=stage"],
+                       smoke=True)
+    method = build_session(resolved, seed=0).method
+    lr0 = resolved.recipe.train.optimizers["main"].lr
+    got = []
+    for epoch in range(7):
+        method.on_epoch_start(epoch)
+        got.append(method._stage_lr(epoch))
+    assert got == pytest.approx(_sgdr(lr0, 4, 1, 0.0, 4) + _sgdr(lr0, 3, 1, 0.0, 3), rel=1e-12, abs=0)
+    assert got[3] < 0.2 * lr0 and got[4] == pytest.approx(lr0)  # no restart inside stage 1; stage 2 restarts
