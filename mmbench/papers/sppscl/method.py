@@ -7,8 +7,9 @@ step 1 optimises λ·L_ce + L_cli + L_clt (eqs 4, 5, 7); a second forward pass t
 image-text alignment and, when it is poor, a separate step optimises L_clm (eq 6).
 
 Batch-level fusion: CMF attends across the batch, so a prediction depends on its batch. Evaluation
-therefore uses fixed batches in file order on one process, of the training batch size unless
-`train.eval_batch_size` says otherwise (the recipes leave it unset, as the released code does).
+therefore uses fixed batches in file order on one process, of the training batch size (the released
+valid() shares cfg.batch_size with training); a recipe that sets another `train.eval_batch_size` is an
+error (`eval_batch_size`).
 
 Logged per step (averaged per epoch into log.jsonl and metrics.json's final_train): `inter_step_fraction`
 (1 when Algorithm 1's L_clm step ran), the condition's c / B² and α·c_mask / B², and the step-1 batch's
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmbench.data.collate import pad_sequences
 from mmbench.engine.method import Method, StepControl
+from mmbench.errors import RecipeError
 from mmbench.papers.sppscl import features as feats
 from mmbench.papers.sppscl.losses import at_least_fp32, alignment_check, inter_supcon, intra_supcon, sentiment_distances, total_loss
 from mmbench.papers.sppscl.model import SPPSCLHeads, SPPSCLNet
@@ -97,6 +99,16 @@ class SPPSCLConfig(BaseModel):
 TRACE_FILE = "sppscl_trace.jsonl"
 
 
+def eval_batch_size(train) -> int:
+    """The evaluation batch size: the training one. CMF attends across the batch, so a prediction depends
+    on its companions and on the batch size the fusion was trained at (logits move ~0.08 on the smoke
+    model at 64 instead of 32)."""
+    if train.eval_batch_size not in (None, train.batch_size):
+        raise RecipeError(f"train.eval_batch_size={train.eval_batch_size}: sppscl evaluates with the training batch size "
+                          f"(train.batch_size={train.batch_size}; Cross-Modal Fusion attends across the batch); leave it unset")
+    return train.batch_size
+
+
 class SPPSCL(Method):
     Config = SPPSCLConfig
     # CMF mixes the samples of a batch: DDP would change what each prediction sees
@@ -105,6 +117,7 @@ class SPPSCL(Method):
     # -- data ---------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.config
+        eval_batch_size(self.recipe.train)  # a wrong evaluation batch fails before any feature is computed
         self.uses_text, self.uses_image = cfg.modality != "image", cfg.modality != "text"
         self.n_labels = len(self.manifest["label_names"])
         text_model = image_model = None
@@ -225,7 +238,7 @@ class SPPSCL(Method):
 
     def eval_batches(self, split: str):
         """Fixed batches in file order (CMF is batch-level), never sharded."""
-        size = self.recipe.train.eval_batch_size or self.recipe.train.batch_size
+        size = eval_batch_size(self.recipe.train)
         examples = self.examples[split]
         for start in range(0, len(examples), size):
             yield self.collate(examples[start : start + size], split)

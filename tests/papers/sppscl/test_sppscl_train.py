@@ -53,8 +53,11 @@ def test_smoke_training_learns_and_evaluation_is_repeatable():
 
 def test_predictions_depend_on_batch_composition():
     session = build_session(resolve("sppscl/mvsa-single", smoke=True), seed=0)
+    train = session.method.recipe.train
+    batches = list(session.method.eval_batches("test"))
+    assert [len(b["labels"]) for b in batches] == [train.batch_size, 64 - train.batch_size]  # the training batch size (32)
     _, a = evaluate(session, session.model, "test")
-    session.method.recipe.train.eval_batch_size = 7
+    train.batch_size = 7  # evaluation follows the training batch size
     _, b = evaluate(session, session.model, "test")
     assert [p["index"] for p in a] == list(range(64))
     assert [p["index"] for p in b] == list(range(64))
@@ -65,6 +68,18 @@ def test_predictions_depend_on_batch_composition():
     logits_a = _logits(session, 32)
     assert torch.allclose(logits_a, _logits(session, 32))  # repeatable
     assert not torch.allclose(logits_a[:5], _logits(session, 5))  # the first 5 with other companions
+
+
+def test_evaluation_batch_other_than_training_batch_is_refused():
+    from mmbench.errors import RecipeError
+    from mmbench.papers.sppscl.method import eval_batch_size
+
+    train = resolve("sppscl/mvsa-multiple-official").recipe.train
+    assert eval_batch_size(train) == train.batch_size == 128
+    with pytest.raises(RecipeError, match=r"train.eval_batch_size=64: .*train.batch_size=128"):
+        eval_batch_size(train.model_copy(update={"eval_batch_size": 64}))
+    with pytest.raises(RecipeError, match="train.eval_batch_size=64"):
+        build_session(resolve("sppscl/mvsa-single", smoke=True, overrides=["train.eval_batch_size=64"]), seed=0)
 
 
 def _logits(session, size):
