@@ -60,7 +60,10 @@ class SPPSCLConfig(BaseModel):
     temperature: float = 0.07  # τ
     alpha: float = 2 / 3  # α
     use_intra: bool = True  # L_cli + L_clt (Table 5)
-    use_inter: bool = True  # L_clm (Table 5)
+    use_inter: bool = True  # L_clm, with Algorithm 1's second forward pass and check
+    # weight of L_clm (eq 7 weighs it 1). 0: Table 5's "w/o L_clm" that removes the loss only: the second
+    # forward pass (train-mode BatchNorm statistics, dropout draws) and the check still run, no L_clm update
+    lambda_clm: float = Field(default=1.0, ge=0.0)
     two_step: bool = True  # Algorithm 1; False = one step with all losses (Table 4)
     supcon_normaliser: Literal["positives", "batch"] = "positives"  # 1/|P(i)| (Khosla et al.) or eq 4's 1/B
     supcon_self_in_denominator: bool = False
@@ -280,7 +283,8 @@ class SPPSCL(Method):
         ce = F.cross_entropy(at_least_fp32(out["logits"]), labels)
         l_cli, l_clt = self._intra(out, labels)
         inter_now = cfg.use_inter and cfg.modality == "both" and not cfg.two_step
-        l_clm = self._inter(out, labels) if inter_now else None  # Table 4 "one-step": every loss at once
+        l_clm = self._inter(out, labels) if inter_now and cfg.lambda_clm > 0 else None  # Table 4 "one-step": every loss at once
+        l_clm = None if l_clm is None else cfg.lambda_clm * l_clm
         loss = total_loss(ce, cfg.lambda_ce, l_cli, l_clt, l_clm)  # eq (7) / Algorithm 1 line 4
         step.backward(loss)
         # the schedule advances after the whole iteration: Algorithm 1's second update uses this step's lr
@@ -291,8 +295,8 @@ class SPPSCL(Method):
                 out2 = model(batch)  # Algorithm 1 line 7: embeddings again, after the update
             check = alignment_check(out2["image"], out2["text"], labels, cfg.alpha, cfg.condition_similarity,
                                     cfg.condition_count_self_pairs, cfg.condition_floor)
-            if check["run"]:  # lines 12-14
-                l_clm = self._inter(out2, labels)
+            if check["run"] and cfg.lambda_clm > 0:  # lines 12-14
+                l_clm = cfg.lambda_clm * self._inter(out2, labels)
                 step.backward(l_clm)
                 if cfg.zero_grads_in_inter_step:
                     for group in step.optimizers["main"].param_groups:
