@@ -153,6 +153,7 @@ CHECK_KEYS = {"inter_step_fraction", "inter_count_ratio", "inter_threshold_ratio
     (["model.modality=text"], {"loss", "ce"}),
     (["model.fusion=concat", "model.alpha=100"], {"loss", "ce", "l_clm", *CHECK_KEYS}),
     (["model.alpha=0"], {"loss", "ce", *CHECK_KEYS}),
+    (["model.lambda_clm=0", "model.alpha=100"], {"loss", "ce", *CHECK_KEYS}),  # the check runs, no L_clm update
 ])
 def test_train_step_variants(overrides, expected):
     session = build_session(resolve("sppscl/hfm", overrides, smoke=True), seed=0)
