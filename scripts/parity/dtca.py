@@ -11,7 +11,13 @@ configuration, and records:
   - three optimiser steps as `main.py`'s HF Trainer takes them (AdamW over the Trainer's decay groups,
     weight decay 0.01, linear decay from the base lr with 0 warm-up, max_grad_norm 1.0): the loss of
     each step and every weight afterwards;
-  - `cal_f1` (P, R, F1 and each sentence's predicted pairs) on a fixed set of sub-token predictions.
+  - `cal_f1` (P, R, F1 and each sentence's predicted pairs) on a fixed set of sub-token predictions;
+  - IPOT alone on distinct random states (`ipot_*`): in the model's batch the transported positions are
+    padding, whose states are all equal, so the iteration count, β and k change nothing measurable
+    there; here every transported token differs (49 instead of 50 iterations moves a distance ~3e-5).
+    The distance per sentence and its gradient with respect to both inputs;
+  - the released Trainer's learning-rate factor at every step of a 3-epoch horizon (`trainer_lr_factors`)
+    and main.py's defaults for lr, batch size, α, β and weight decay (read from its source with `ast`).
 `tests/papers/dtca/test_parity_dtca.py` rebuilds our official variant from the fixture and compares.
 
 Shims (the released files stay untouched): where torchvision (imported, unused) is not installed, a
@@ -47,6 +53,8 @@ TRAIN = dict(lr=1e-2, weight_decay=0.01, max_grad_norm=1.0, t_total=5, steps=3)
 # words per sentence as sub-token counts; row 0 fills the whole length (no padding: empty OT mask)
 WORDS = [[1, 2, 1, 3, 1, 1, 2, 1], [2, 1, 1, 3, 1], [1, 1, 2], [3, 1, 2, 1, 1, 1]]
 METRIC_SENTENCES = 40
+IPOT = dict(batch=4, length=14, patches=17, dim=HIDDEN, lengths=[14, 9, 5, 11])  # row 0: nothing transported
+HORIZON = dict(epochs=3, steps_per_epoch=10)  # Trainer: t_total = num_train_epochs × steps per epoch
 
 RENAME = {"roberta.": "text_encoder.", "vit.": "image_encoder.", "image_text_cross.w_qs.": "cross.query.",
           "image_text_cross.w_ks.": "cross.key.", "image_text_cross.w_vs.": "cross.value.",
@@ -141,6 +149,51 @@ def metric_case(metrics_mod, generator: torch.Generator) -> dict:
             "metric_pred_pairs": torch.tensor(pred_pairs)}
 
 
+def ipot_case(model_mod, generator: torch.Generator) -> dict:
+    """The released `optimal_transport_dist` with its own defaults and the released inverted mask
+    (`attention_mask == 1` as the padding mask) on random, pairwise distinct token and patch states."""
+    n, length, patches, dim = IPOT["batch"], IPOT["length"], IPOT["patches"], IPOT["dim"]
+    text = torch.randn(n, length, dim, generator=generator).requires_grad_()
+    image = torch.randn(n, patches, dim, generator=generator).requires_grad_()
+    lengths = torch.tensor(IPOT["lengths"])
+    attention = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+    distance = model_mod.optimal_transport_dist(text, image, attention, torch.zeros(n, patches, dtype=torch.bool))
+    distance.mean().backward()  # the model's word_region_align_loss
+    return {"ipot_text": text.detach(), "ipot_image": image.detach(), "ipot_lengths": lengths,
+            "ipot_per_sentence": distance.detach(), "ipot_grad_text": text.grad, "ipot_grad_image": image.grad}
+
+
+def main_defaults(folder: Path) -> dict:
+    """main.py's argparse defaults and TrainingArguments constants, read from its source (not executed)."""
+    import ast
+
+    wanted = {"--lr": "lr", "--batch_size": "batch_size", "--alpha": "alpha", "--beta": "beta"}
+    found = {}
+    for node in ast.walk(ast.parse((folder / "main.py").read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        keywords = {k.arg: k.value for k in node.keywords}
+        if getattr(node.func, "attr", None) == "add_argument" and node.args and getattr(node.args[0], "value", None) in wanted:
+            found[wanted[node.args[0].value]] = ast.literal_eval(keywords["default"])
+        if getattr(node.func, "id", None) == "TrainingArguments":
+            found["weight_decay"] = ast.literal_eval(keywords["weight_decay"])
+            assert not {"warmup_steps", "warmup_ratio", "lr_scheduler_type", "max_grad_norm"} & set(keywords)
+    assert set(found) == {*wanted.values(), "weight_decay"}, found
+    return found
+
+
+def trainer_lr_factors(lr: float, weight_decay: float) -> torch.Tensor:
+    """The Trainer schedule's lr / base lr before each optimiser step over `HORIZON`."""
+    total = HORIZON["epochs"] * HORIZON["steps_per_epoch"]
+    optimizer, schedule, _ = trainer_optimizer(torch.nn.Linear(2, 2), lr, weight_decay, total)
+    factors = []
+    for _ in range(total):
+        factors.append(optimizer.param_groups[0]["lr"] / lr)
+        optimizer.step()
+        schedule.step()
+    return torch.tensor(factors)
+
+
 def trainer_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, t_total: int):
     """main.py's HF Trainer optimiser: its decay groups, AdamW, linear schedule with 0 warm-up.
     Returns (optimizer, schedule, names of the no-decay parameters)."""
@@ -219,8 +272,12 @@ def run_official(folder: Path) -> dict:
     expected["step_losses"] = torch.tensor(losses)
     trained = {our_name(n): t.detach().clone() for n, t in model.state_dict().items() if our_name(n)}
     expected.update(metric_case(metrics_mod, torch.Generator().manual_seed(2)))
+    expected.update(ipot_case(model_mod, torch.Generator().manual_seed(3)))
+    defaults = main_defaults(folder)
+    expected["trainer_lr_factors"] = trainer_lr_factors(defaults["lr"], defaults["weight_decay"])
     return {"roberta": ROBERTA, "vit": VIT, "train": TRAIN, "inputs": inputs, "weights": weights,
             "expected": {k: v.detach() for k, v in expected.items()}, "trained": trained,
+            "horizon": HORIZON, "main_defaults": defaults,
             "no_decay": sorted(our_name(n) for n in no_decay if our_name(n))}
 
 

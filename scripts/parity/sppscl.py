@@ -8,7 +8,7 @@ StepLR as released, the scheduler stepped once per epoch, here one batch per epo
   - the inputs (frozen-encoder outputs as low-rank factors, labels) and the initial weights;
   - per training step: the logits, CE, CLoss(T), CLoss(I), the second pass's T/I, the condition's count,
     same-label count and decision, CLoss_T_I (when run) and the learning rate;
-  - after the steps: every small weight, projections of the two large ones, BatchNorm buffers and the
+  - after the steps: every small weight, projections of the larger matrices, BatchNorm buffers and the
     eval-mode logits.
 `tests/papers/sppscl/test_parity_sppscl.py` rebuilds our official variant from the fixture and compares.
 
@@ -19,7 +19,9 @@ not part of the computation); `optimizer.zero_grad()` keeps zero tensors as torc
 version) did, so AdamW moves every parameter in step 2. The head widths are the released hard-coded
 ones (2048-channel map, 768-d BERT states, D = 32); the 2048×128 conv and the 768→64 LSTM input weights
 and the LSTM's hidden weights are drawn low-rank (and compared through projections) to keep the fixture
-small; final weights are stored in float32. Everything runs in float64. `released_optimizer` /
+small; inputs, initial weights and probes are multiples of 1e-3 (short in the numbers file, exact on both
+sides), final weight matrices of more than PROJECT_ABOVE entries are compared through two projections, the
+other final weights are stored in float32. Everything runs in float64. `released_optimizer` /
 `released_iteration` serve benchmarks/vs_official.py too.
 
     .venv/bin/python scripts/parity/sppscl.py [--official DIR] [--out tests/fixtures/parity/sppscl.json]
@@ -45,6 +47,12 @@ TRAIN = dict(lr=2e-2, weight_decay=1e-6, betas=(0.9, 0.999), eps=1e-8, step_size
 LSTM = "Attention.shared_text_encoding.LSTM."
 LOW_RANK = ("Conv_I.0.weight", LSTM + "weight_ih_l0", LSTM + "weight_ih_l0_reverse", LSTM + "weight_hh_l0",
             LSTM + "weight_hh_l0_reverse")
+PROJECT_ABOVE = 512  # final weight matrices with more entries are compared through two projections, not stored
+
+
+def _short(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to a multiple of 1e-3 (float64): a few characters per number in the fixture."""
+    return torch.round(x.double() * 1000) / 1000
 
 
 class _FakeBert(torch.nn.Module):
@@ -81,7 +89,7 @@ def make_inputs(g: torch.Generator) -> dict:
     """Frozen-encoder outputs at the released widths, kept as small factors (the fixture stores these)."""
     factors = {"map_a": torch.randn(B, SIDE * SIDE, RANK, generator=g), "map_b": torch.randn(RANK, 2048, generator=g),
                "text_a": torch.randn(B, 4, WORDS + 2, RANK, generator=g), "text_b": torch.randn(RANK, 768, generator=g) * 0.6}
-    factors = {k: v.float().double() for k, v in factors.items()}  # float32-exact: the fixture stores float32
+    factors = {k: _short(v) for k, v in factors.items()}
     return {**factors, "labels": torch.randint(0, 3, (B,), generator=g)}
 
 
@@ -92,8 +100,8 @@ def expand(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def initial_weights(model: torch.nn.Module, g: torch.Generator) -> dict:
-    """Redrawn weights (float32-representable, so the fixture can store them in float32); the two large
-    matrices as products of stored factors."""
+    """Redrawn weights (multiples of 1e-3, stored as they are); the large LSTM/conv matrices as products
+    of stored factors."""
     weights, factors = {}, {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -101,12 +109,12 @@ def initial_weights(model: torch.nn.Module, g: torch.Generator) -> dict:
         if name in LOW_RANK:
             rows, cols = p.shape[0], p[0].numel()
             u, v = torch.randn(rows, RANK, generator=g) * 0.3, torch.randn(RANK, cols, generator=g) * 0.3 / cols ** 0.5
-            factors[name] = (u.float(), v.float())
-            weights[name] = (u.float().double() @ v.float().double()).reshape(p.shape)
+            factors[name] = (_short(u), _short(v))
+            weights[name] = (factors[name][0] @ factors[name][1]).reshape(p.shape)
         else:
             scale = 1.0 if p.dim() == 1 and "bias" not in name else 0.4
             value = torch.randn(p.shape, generator=g) * scale / max(1, p.shape[-1]) ** 0.5 + (1.0 if scale == 1.0 else 0.0)
-            weights[name] = value.float().double()
+            weights[name] = _short(value)
     return {"weights": weights, "factors": factors}
 
 
@@ -182,10 +190,11 @@ def run_official(folder: Path, seed: int) -> dict:
     model.eval()
     with torch.no_grad():
         eval_logits = model(*args)[0]
-    final = {n: p.detach().float() for n, p in model.named_parameters() if p.requires_grad and n not in LOW_RANK}
-    probes = {str(n): torch.randn(2, n, generator=g).float() for n in (2048, 768, 64)}  # by column count
-    projections = {n: p.detach().reshape(p.shape[0], -1) @ probes[str(p[0].numel())].double().t()
-                   for n, p in model.named_parameters() if n in LOW_RANK}
+    trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    projected = {n for n, p in trained.items() if n in LOW_RANK or (p.dim() >= 2 and p.numel() > PROJECT_ABOVE)}
+    final = {n: p.float() for n, p in trained.items() if n not in projected}
+    probes = {str(n): _short(torch.randn(2, n, generator=g)) for n in sorted({trained[n][0].numel() for n in projected})}
+    projections = {n: trained[n].reshape(trained[n].shape[0], -1) @ probes[str(trained[n][0].numel())].t() for n in sorted(projected)}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers() if "running" in n}
     return {"seed": seed, "inputs": inputs, "init": init, "train": TRAIN, "steps": steps, "eval_logits": eval_logits,
             "final": final, "probes": probes, "projections": projections, "buffers": buffers}
@@ -203,8 +212,7 @@ def main() -> None:
             break
     else:
         raise SystemExit("no seed in 0..49 exercises both branches of the condition")
-    fixture["inputs"] = {k: v.float() if v.is_floating_point() else v for k, v in fixture["inputs"].items()}
-    fixture["init"]["weights"] = {k: v.float() for k, v in fixture["init"]["weights"].items() if k not in LOW_RANK}
+    fixture["init"]["weights"] = {k: v for k, v in fixture["init"]["weights"].items() if k not in LOW_RANK}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_numbers(fixture, args.out)
     torch.set_default_dtype(torch.float32)

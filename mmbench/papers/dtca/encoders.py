@@ -97,17 +97,23 @@ class ImageEncoder:
     processor: object = None  # the Hugging Face image processor behind `preprocess` (the decoded-image store uses it)
 
 
-def load_image(name: str, tiny: bool = False) -> ImageEncoder:
+def load_image(name: str, tiny: bool = False, pretrained: bool = True) -> ImageEncoder:
+    """`pretrained=False`: the checkpoint's architecture and image processor, weights at their random init."""
     family = image_family(name)
     if name.startswith("tiny-") or tiny:
         return _tiny_image(family)
-    from transformers import AutoImageProcessor, AutoModel
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
     from mmbench.encoders.pretrained import load_or_explain
 
     kwargs = {"add_pooling_layer": False} if family in ("vit", "deit") else {}
-    model, processor = load_or_explain(name, "image_encoder", lambda source: (
-        AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs), AutoImageProcessor.from_pretrained(source)))
+
+    def build(source):
+        model = (AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs) if pretrained
+                 else AutoModel.from_config(AutoConfig.from_pretrained(source), **kwargs))
+        return model, AutoImageProcessor.from_pretrained(source)
+
+    model, processor = load_or_explain(name, "image_encoder", build)
     size = model.config.image_size
     return ImageEncoder(model, lambda images: processor(images, return_tensors="pt")["pixel_values"],
                         prefix_tokens(model, size), _hidden(model), size, processor)

@@ -31,6 +31,10 @@ class DTCAConfig(BaseModel):
     text_encoder: str = "roberta-base"
     image_encoder: str | None = "google/vit-base-patch16-224-in21k"
     tiny_encoders: bool = False  # random-init tiny encoders of the same families (smoke runs)
+    # False: the image encoder's architecture at random init. The released main.py copies DeiT's checkpoint
+    # keys ("embeddings.…") into a model whose keys are "deit.embeddings.…": nothing matches, so its DeiT row
+    # of Figure 5 trains a randomly initialised DeiT; `model.image_pretrained=false` reproduces that
+    image_pretrained: bool = True
     tagger: Literal["dtca", "text_crf", "text_softmax"] = "dtca"
     max_length: int = 60
     pad_to_max_length: bool = False  # released code pads every sentence to 60 (matters for its OT mask)
@@ -86,7 +90,7 @@ class DTCA(Method):
         if config.tagger == "dtca":
             if config.image_encoder is None:
                 raise RecipeError("model.image_encoder is null but model.tagger=dtca needs one (use tagger=text_crf or text_softmax)")
-            self.image = load_image(config.image_encoder, config.tiny_encoders)
+            self.image = load_image(config.image_encoder, config.tiny_encoders, config.image_pretrained)
         data_cfg = self.recipe.data
         self.images_root = Path(data_cfg.images or self.manifest["images_root"])
         self.sentences, self.truncated = {}, {}

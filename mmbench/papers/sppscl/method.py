@@ -7,8 +7,9 @@ step 1 optimises λ·L_ce + L_cli + L_clt (eqs 4, 5, 7); a second forward pass t
 image-text alignment and, when it is poor, a separate step optimises L_clm (eq 6).
 
 Batch-level fusion: CMF attends across the batch, so a prediction depends on its batch. Evaluation
-therefore uses fixed batches in file order on one process, of the training batch size unless
-`train.eval_batch_size` says otherwise (the recipes leave it unset, as the released code does).
+therefore uses fixed batches in file order on one process, of the training batch size (the released
+valid() shares cfg.batch_size with training); a recipe that sets another `train.eval_batch_size` is an
+error (`eval_batch_size`).
 
 Logged per step (averaged per epoch into log.jsonl and metrics.json's final_train): `inter_step_fraction`
 (1 when Algorithm 1's L_clm step ran), the condition's c / B² and α·c_mask / B², and the step-1 batch's
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmbench.data.collate import pad_sequences
 from mmbench.engine.method import Method, StepControl
+from mmbench.errors import RecipeError
 from mmbench.papers.sppscl import features as feats
 from mmbench.papers.sppscl.losses import at_least_fp32, alignment_check, inter_supcon, intra_supcon, sentiment_distances, total_loss
 from mmbench.papers.sppscl.model import SPPSCLHeads, SPPSCLNet
@@ -58,7 +60,10 @@ class SPPSCLConfig(BaseModel):
     temperature: float = 0.07  # τ
     alpha: float = 2 / 3  # α
     use_intra: bool = True  # L_cli + L_clt (Table 5)
-    use_inter: bool = True  # L_clm (Table 5)
+    use_inter: bool = True  # L_clm, with Algorithm 1's second forward pass and check
+    # weight of L_clm (eq 7 weighs it 1). 0: Table 5's "w/o L_clm" that removes the loss only: the second
+    # forward pass (train-mode BatchNorm statistics, dropout draws) and the check still run, no L_clm update
+    lambda_clm: float = Field(default=1.0, ge=0.0)
     two_step: bool = True  # Algorithm 1; False = one step with all losses (Table 4)
     supcon_normaliser: Literal["positives", "batch"] = "positives"  # 1/|P(i)| (Khosla et al.) or eq 4's 1/B
     supcon_self_in_denominator: bool = False
@@ -97,6 +102,16 @@ class SPPSCLConfig(BaseModel):
 TRACE_FILE = "sppscl_trace.jsonl"
 
 
+def eval_batch_size(train) -> int:
+    """The evaluation batch size: the training one. CMF attends across the batch, so a prediction depends
+    on its companions and on the batch size the fusion was trained at (logits move ~0.08 on the smoke
+    model at 64 instead of 32)."""
+    if train.eval_batch_size not in (None, train.batch_size):
+        raise RecipeError(f"train.eval_batch_size={train.eval_batch_size}: sppscl evaluates with the training batch size "
+                          f"(train.batch_size={train.batch_size}; Cross-Modal Fusion attends across the batch); leave it unset")
+    return train.batch_size
+
+
 class SPPSCL(Method):
     Config = SPPSCLConfig
     # CMF mixes the samples of a batch: DDP would change what each prediction sees
@@ -105,6 +120,7 @@ class SPPSCL(Method):
     # -- data ---------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.config
+        eval_batch_size(self.recipe.train)  # a wrong evaluation batch fails before any feature is computed
         self.uses_text, self.uses_image = cfg.modality != "image", cfg.modality != "text"
         self.n_labels = len(self.manifest["label_names"])
         text_model = image_model = None
@@ -225,7 +241,7 @@ class SPPSCL(Method):
 
     def eval_batches(self, split: str):
         """Fixed batches in file order (CMF is batch-level), never sharded."""
-        size = self.recipe.train.eval_batch_size or self.recipe.train.batch_size
+        size = eval_batch_size(self.recipe.train)
         examples = self.examples[split]
         for start in range(0, len(examples), size):
             yield self.collate(examples[start : start + size], split)
@@ -267,7 +283,8 @@ class SPPSCL(Method):
         ce = F.cross_entropy(at_least_fp32(out["logits"]), labels)
         l_cli, l_clt = self._intra(out, labels)
         inter_now = cfg.use_inter and cfg.modality == "both" and not cfg.two_step
-        l_clm = self._inter(out, labels) if inter_now else None  # Table 4 "one-step": every loss at once
+        l_clm = self._inter(out, labels) if inter_now and cfg.lambda_clm > 0 else None  # Table 4 "one-step": every loss at once
+        l_clm = None if l_clm is None else cfg.lambda_clm * l_clm
         loss = total_loss(ce, cfg.lambda_ce, l_cli, l_clt, l_clm)  # eq (7) / Algorithm 1 line 4
         step.backward(loss)
         # the schedule advances after the whole iteration: Algorithm 1's second update uses this step's lr
@@ -278,8 +295,8 @@ class SPPSCL(Method):
                 out2 = model(batch)  # Algorithm 1 line 7: embeddings again, after the update
             check = alignment_check(out2["image"], out2["text"], labels, cfg.alpha, cfg.condition_similarity,
                                     cfg.condition_count_self_pairs, cfg.condition_floor)
-            if check["run"]:  # lines 12-14
-                l_clm = self._inter(out2, labels)
+            if check["run"] and cfg.lambda_clm > 0:  # lines 12-14
+                l_clm = cfg.lambda_clm * self._inter(out2, labels)
                 step.backward(l_clm)
                 if cfg.zero_grads_in_inter_step:
                     for group in step.optimizers["main"].param_groups:

@@ -239,3 +239,25 @@ def test_official_metrics_gold_as_set_and_text_head_at_its_own_best_epoch():
     assert bad["text_f1"] == 0.0 and bad["text_best_f1"] == 100.0  # the released text_best_metric keeps its best
     method.config = DTCAConfig()  # paper variant: every gold item counts, no running best
     assert epoch([])["gold_aspects"] == 3 and "text_best_f1" not in epoch([])
+
+
+def test_image_pretrained_false_keeps_the_architecture_at_random_init(tmp_path):
+    """The released Figure-5 DeiT row loads no weights (checkpoint keys never match "deit.…"):
+    `model.image_pretrained=false` builds the checkpoint's architecture and processor at random init."""
+    from transformers import DeiTConfig, DeiTModel, ViTImageProcessor
+
+    from mmbench.papers.dtca.encoders import load_image
+
+    source = tmp_path / "deit-small-checkpoint"
+    torch.manual_seed(0)
+    saved = DeiTModel(DeiTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                 image_size=32, patch_size=8), add_pooling_layer=False)
+    with torch.no_grad():
+        saved.embeddings.patch_embeddings.projection.weight.fill_(0.5)  # unlike any random init
+    saved.save_pretrained(source)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(source)
+    loaded, random_init = load_image(str(source)), load_image(str(source), pretrained=False)
+    weight = lambda enc: enc.model.embeddings.patch_embeddings.projection.weight  # noqa: E731
+    assert torch.all(weight(loaded) == 0.5) and not torch.any(weight(random_init) == 0.5)
+    assert random_init.model.config.to_dict() == loaded.model.config.to_dict() and random_init.prefix_tokens == loaded.prefix_tokens == 2
+    assert {n for n, _ in random_init.model.named_parameters()} == {n for n, _ in loaded.model.named_parameters()}

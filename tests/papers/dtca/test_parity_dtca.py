@@ -7,7 +7,11 @@ recipes/dtca/twitter15-official.yaml, is loaded with the same weights and must r
 the emissions and text-head logits, the CRF loss (sum / 10, non-contiguous mask), argmax decoding, the
 IPOT distance with the inverted mask (50 iterations), the joint loss, three optimiser steps (AdamW,
 the Trainer's no-decay groups, linear decay, clipping: each loss and every weight afterwards) and
-cal_f1's P/R/F1 and predicted pairs on a fixed set of predictions. Needs nothing from ../shared.
+cal_f1's P/R/F1 and predicted pairs on a fixed set of predictions. IPOT is also checked alone on
+distinct random states (within 1e-9, float64 on both sides): in the model batch the transported
+positions are padding with equal states, where the iteration count, β and k change nothing. The
+recipe's lr schedule must give the released Trainer's lr factor at every step of a 3-epoch horizon,
+and its lr, batch size, α, β and weight decay main.py's defaults. Needs nothing from ../shared.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from mmbench.results.numbers import load_numbers
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "dtca.json"
 TOL = 1e-5
+IPOT_TOL = 1e-9  # float64 on both sides; 49 instead of 50 iterations moves a distance by ~3e-5
 
 
 def _official_recipe(fixture: dict):
@@ -141,8 +146,44 @@ def metric_checks(fixture: dict) -> dict[str, float]:
             "cal_f1 predicted pairs differing": float(len(set(map(tuple, pairs)) ^ set(map(tuple, expected["metric_pred_pairs"].tolist()))))}
 
 
+def ipot_checks(fixture: dict) -> dict[str, float]:
+    """Our official IPOT term (the recipe's β, iterations, k and text mask) on distinct random states."""
+    from mmbench.papers.dtca.alignment import ipot_loss
+    from mmbench.papers.dtca.method import ot_token_mask
+
+    _, cfg = _official_recipe(fixture)
+    expected = fixture["expected"]
+    text = expected["ipot_text"].clone().requires_grad_()
+    image = expected["ipot_image"].clone().requires_grad_()
+    mask = torch.stack([ot_token_mask(int(n), text.shape[1], cfg.ot_text_tokens) for n in expected["ipot_lengths"]])
+    args = (cfg.ipot_proximal_beta, cfg.ipot_iterations, cfg.ipot_k)
+    per_sentence = torch.stack([ipot_loss(text[b : b + 1], image[b : b + 1], mask[b : b + 1], *args) for b in range(len(text))])
+    ipot_loss(text, image, mask, *args).backward()
+    return {"IPOT distinct states: per sentence": (per_sentence.detach() - expected["ipot_per_sentence"]).abs().max().item(),
+            "IPOT distinct states: d/d text": (text.grad - expected["ipot_grad_text"]).abs().max().item(),
+            "IPOT distinct states: d/d image": (image.grad - expected["ipot_grad_image"]).abs().max().item()}
+
+
+def schedule_checks(fixture: dict) -> dict[str, float]:
+    """The official recipe's optimiser settings against main.py's Trainer (defaults read from its source)."""
+    from mmbench.engine.optim import schedule_factor
+    from mmbench.recipes.loader import resolve
+
+    resolved = resolve("dtca/twitter15-official")
+    train, model, released = resolved.recipe.train, resolved.model_config, fixture["main_defaults"]
+    main = train.optimizers["main"]
+    epochs, per_epoch = fixture["horizon"]["epochs"], fixture["horizon"]["steps_per_epoch"]
+    ours = torch.tensor([schedule_factor(main.schedule, step, epochs * per_epoch, per_epoch) for step in range(epochs * per_epoch)],
+                        dtype=torch.float64)
+    return {"lr factor per step (Trainer schedule)": (ours - fixture["expected"]["trainer_lr_factors"]).abs().max().item(),
+            "base lr": abs(main.lr - released["lr"]), "weight decay": abs(main.weight_decay - released["weight_decay"]),
+            "batch size": float(abs(train.batch_size - released["batch_size"])),
+            "alpha, beta": max(abs(model.alpha - released["alpha"]), abs(model.beta - released["beta"]))}
+
+
 def compare(fixture: dict) -> dict[str, float]:
-    return {**forward_checks(fixture), **training_checks(fixture), **metric_checks(fixture)}
+    return {**forward_checks(fixture), **training_checks(fixture), **metric_checks(fixture), **ipot_checks(fixture),
+            **schedule_checks(fixture)}
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +210,17 @@ def test_parity_dtca_cal_f1(fixture):
     assert fixture["expected"]["metric_prf"][2] > 0 and len(fixture["expected"]["metric_pred_pairs"]) > 10
     for key, value in worst.items():
         assert value <= TOL, f"{key}: ours differs from the released code by {value:.2e}"
+
+
+def test_parity_dtca_ipot_on_distinct_states(fixture):
+    expected = fixture["expected"]["ipot_per_sentence"]
+    assert expected[0] == 0 and (expected[1:] > 0.1).all()  # row 0 fills the length: nothing transported
+    for key, value in ipot_checks(fixture).items():
+        assert value <= IPOT_TOL, f"{key}: ours differs from the released code by {value:.2e}"
+
+
+def test_official_recipe_schedule_is_the_released_trainers(fixture):
+    factors = fixture["expected"]["trainer_lr_factors"]
+    assert factors[0] == 1.0 and factors[-1] < 0.05  # no warm-up, linear decay towards 0
+    for key, value in schedule_checks(fixture).items():
+        assert value <= 1e-12, f"{key}: the official recipe differs from the released Trainer by {value:.2e}"

@@ -32,7 +32,8 @@ def realistic_features(g: torch.Generator, y: torch.Tensor) -> dict:
     return {"image_map": image_map, "cls": cls, "tokens": tokens * mask[:, None, :, None], "token_mask": mask}
 
 
-def inter_step_fraction(**config) -> float:
+def inter_step_fraction(prior: torch.Tensor = MVSA_S_PRIOR, steps: int = STEPS, **config) -> float:
+    """The share of `steps` training steps (labels drawn from `prior`) on which Algorithm 1's L_clm step ran."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     heads = SPPSCLHeads(modality="both", fusion="cmf", image_channels=2048, text_hidden=768, layers=4, num_outputs=3,
@@ -43,10 +44,10 @@ def inter_step_fraction(**config) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-6)  # Table 2, MVSA-S
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     step = StepControl(model, {"main": optimizer}, {"main": schedule}, None, "global", method.ctx)
-    labels = torch.multinomial(MVSA_S_PRIOR, B * STEPS, replacement=True, generator=g).view(STEPS, B)
+    labels = torch.multinomial(prior, B * steps, replacement=True, generator=g).view(steps, B)
     fired = [method.train_step(model, {"labels": y, "features": realistic_features(g, y)}, step)["inter_step_fraction"]
              for y in labels]
-    return sum(fired) / STEPS
+    return sum(fired) / steps
 
 
 @pytest.fixture(autouse=True)
