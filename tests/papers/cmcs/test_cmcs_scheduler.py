@@ -67,6 +67,56 @@ def test_logged_hypergradient_is_raw_and_phi_moves_by_the_clipped_one(mm_env):
     assert math.isclose(model.scheduler.beta.item(), beta - eta2 * raw[1] * shrink, rel_tol=1e-5)
 
 
+def test_clipped_upper_steps_are_counted_logged_and_warned(mm_env):
+    """Issue 27: every upper step logs whether the engine clipped its ∇φ and the raw norm as a *_min /
+    *_max pair; more than 10 % clipped in an epoch gives an epoch warning, reset at the next epoch."""
+    from mmbench.engine.trainer import accumulate_logs
+
+    method, model, control = session(["model.neumann_scaling=fixed", "model.neumann_scale=50", "model.neumann_terms=0"])
+    method.on_epoch_start(0)
+    batch = method.collate(method.examples["train"][:8])
+    logs = method.upper_step(model, batch, control)
+    assert logs["hypergrad_clipped"] == 1.0 and logs["hypergrad_norm_max"] == logs["hypergrad_norm"] > 1.0
+    [warning] = method.epoch_warnings(0, {})
+    assert "1/1 upper steps of epoch 1" in warning and "clipped" in warning
+    method.on_epoch_start(1)
+    assert method.epoch_warnings(1, {}) == []
+    method._upper_counts = {"steps": 10, "clipped": 1}  # exactly 10 %: no warning; 2 of 10: a warning
+    assert method.epoch_warnings(1, {}) == []
+    method._upper_counts = {"steps": 10, "clipped": 2}
+    assert len(method.epoch_warnings(1, {})) == 1
+    sums, counts = {}, {}  # the trainer keeps the epoch's range of a *_min / *_max key, averages the rest
+    for step_logs in ({"hypergrad_norm_min": 3.0, "hypergrad_norm_max": 3.0, "hypergrad_clipped": 1.0},
+                      {"loss": 2.0}, {"hypergrad_norm_min": 0.5, "hypergrad_norm_max": 0.5, "hypergrad_clipped": 0.0}):
+        accumulate_logs(sums, counts, step_logs)
+    assert {k: v / counts[k] for k, v in sums.items()} == {"hypergrad_norm_min": 0.5, "hypergrad_norm_max": 3.0,
+                                                          "hypergrad_clipped": 0.5, "loss": 2.0}
+
+
+def test_recipe_upper_steps_are_not_clipped_on_the_smoke_model(mm_env):
+    """At the shipped γ = η1 (here the smoke η1) no upper step is clipped and no warning is raised."""
+    method, model, control = session([])
+    method.on_epoch_start(0)
+    for i in range(2):
+        logs = method.upper_step(model, method.collate(method.examples["train"][8 * i:8 * i + 8]), control)
+        assert logs["hypergrad_clipped"] == 0.0 and 0 < logs["hypergrad_norm"] < 1, logs
+    assert method.epoch_warnings(0, {}) == []
+
+
+def test_upper_step_reads_its_dev_batch_from_the_dev_split(mm_env):
+    """D_dev ⊂ D_v (§3.4): every example of an upper step's batch is a dev example, never a train one
+    (mutation: `_dev_batch` reading self.examples["train"] fails here)."""
+    method, _, _ = session([])
+    dev = {tuple(e["input_ids"]) for e in method.examples["dev"]}
+    train_only = {tuple(e["input_ids"]) for e in method.examples["train"]} - dev
+    assert train_only  # the synthetic splits differ, so the check can tell them apart
+    for step in range(3):
+        batch = method._dev_batch(step)
+        rows = [tuple(int(t) for t, m in zip(ids, mask) if m) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        assert rows and all(r in dev for r in rows) and not any(r in train_only for r in rows)
+        assert set(batch["index"]) <= set(method.dev_subset)
+
+
 # -- item 4: φ_t/φ_v changes the update ---------------------------------------------------------
 def _update_ratio(image_factor: float, overrides: list[str]) -> float:
     """‖Δθ_image‖/‖Δθ_text‖ after one lower step from the same start, with φ_v multiplied by `image_factor`."""
