@@ -142,7 +142,9 @@ def test_doubling_phi_v_doubles_the_image_step_relative_to_the_text_step(mm_env)
 
 
 # -- item 7: the whole bi-level loop on a constructed task ---------------------------------------
-D, N_TRAIN, N_DEV, BATCH = 768, 512, 128, 32  # BERT-base / CLIP-B widths, the real batch size
+# 256-d, not BERT-large's 1024: the CPU demands it (the MFS MLPs are 6·d² parameters; 150 steps with an
+# upper step every H = 10 take minutes at 1024-d on 2 cores); every optimisation value is the recipe's
+D, N_TRAIN, N_DEV, BATCH = 256, 512, 128, 32
 
 
 class FeatureTable(nn.Module):
@@ -171,15 +173,16 @@ class FrozenVision(nn.Module):
         self.vision_model = Passthrough()
 
 
-def constructed_task(seed: int = 0):
-    """Text: LayerNorm(noise + 1.5·class mean) carries the label; image: LayerNorm(noise), independent of it."""
+def constructed_task(seed: int = 0, swap: bool = False):
+    """Text: LayerNorm(noise + 1.5·class mean) carries the label; image: LayerNorm(noise), independent of
+    it (`swap`: the other way round)."""
     g = torch.Generator().manual_seed(seed)
     n = N_TRAIN + N_DEV
     labels = torch.randint(0, 3, (n,), generator=g)
     means = torch.randn(3, D, generator=g)
     text = F.layer_norm(torch.randn(n, D, generator=g) + 1.5 * means[labels], (D,))
     image = F.layer_norm(torch.randn(n, D, generator=g), (D,))
-    return text, image, labels
+    return (image, text, labels) if swap else (text, image, labels)
 
 
 def batch_of(indices, image, labels) -> dict:
@@ -188,16 +191,15 @@ def batch_of(indices, image, labels) -> dict:
             "labels": labels[idx], "pixel_values": image[idx], "image_targets": F.one_hot(labels[idx], 3).float()}
 
 
-def run_scheduler(steps: int, seed: int = 0) -> list[dict]:
+def run_scheduler(steps: int, seed: int = 0, swap: bool = False) -> list[dict]:
     from mmbench.papers.cmcs.method import CMCS
     from mmbench.papers.cmcs.model import CMCSModel
     from mmbench.recipes.loader import resolve
 
     torch.manual_seed(seed)
-    resolved = resolve("cmcs/twitter15", ["model.trace=false", "model.upper_every=3", "model.neumann_terms=5", "model.power_iterations=4",
-                                          "train.optimizers.main.lr=1e-4", "train.optimizers.meta.lr=0.1"])
+    resolved = resolve("cmcs/twitter15", ["model.trace=false"])  # K, γ, damping, H, η1, η2, clip as shipped
     cfg, train = resolved.model_config, resolved.recipe.train
-    text, image, labels = constructed_task(seed)
+    text, image, labels = constructed_task(seed, swap)
     ctx = RunContext(device=torch.device("cpu"), autocast_dtype=None, world=World(), seed=seed)
     method = CMCS(resolved.recipe, cfg, data=None, manifest={}, ctx=ctx)
     method._batch_in_epoch, method._trace_started = 0, True
@@ -219,17 +221,24 @@ def run_scheduler(steps: int, seed: int = 0) -> list[dict]:
     return history
 
 
-def test_bilevel_loop_turns_down_the_noise_modality():
-    history = run_scheduler(150)
-    """Text carries the label, the image is noise: within 150 lower steps (50 upper steps) the upper level
-    must lower β and the image's weight φ_v, and raise φ_t/φ_v (seen: β 1.0 → ≈ 0, φ_v 1.35 → ≈ 0.7)."""
-    assert all(math.isfinite(h["alpha"]) and math.isfinite(h["beta"]) for h in history)
-    print([(round(h["alpha"], 3), round(h["beta"], 3), round(h["image_weight"], 3)) for h in history[::20]])
-    first, last = history[:20], history[-20:]
+def _ratio(rows) -> float:
+    return sum(r["text_weight"] for r in rows) / sum(r["image_weight"] for r in rows)
 
-    def mean(rows, key):
-        return sum(r[key] for r in rows) / len(rows)
 
-    assert history[-1]["beta"] < history[0]["beta"]
-    assert mean(last, "image_weight") < mean(first, "image_weight")
-    assert mean(last, "text_weight") / mean(last, "image_weight") > mean(first, "text_weight") / mean(first, "image_weight")
+@pytest.mark.slow  # two 150-step bi-level runs (15 upper steps each) at the recipe's values: ~30 s on 2 cores
+def test_bilevel_loop_turns_down_the_noise_modality_at_the_recipes_values():
+    """Text carries the label, the image is noise: within 150 lower steps (15 upper steps at H = 10) the
+    upper level raises α and φ_t/φ_v (the ratio the per-modality step multipliers apply); the swapped
+    control (image informative, text noise) must turn the text down relative to the image instead.
+    The noise modality's own α/β barely moves: its train and dev gradients are uncorrelated, so its
+    H-step hypergradient is ~1 % of the informative one's; the scheduling acts through the ratio."""
+    plain, swapped = run_scheduler(150), run_scheduler(150, swap=True)
+    for history in (plain, swapped):
+        assert all(math.isfinite(h["alpha"]) and math.isfinite(h["beta"]) for h in history)
+        assert not any(h.get("hypergrad_clipped") for h in history)
+    first, last = slice(0, 20), slice(-20, None)
+    print([(round(h["alpha"], 3), round(h["beta"], 3)) for h in plain[::20]], [(round(h["alpha"], 3), round(h["beta"], 3)) for h in swapped[::20]])
+    assert plain[-1]["alpha"] > plain[0]["alpha"] + 0.05 and abs(plain[-1]["beta"] - 1) < plain[-1]["alpha"] - 1
+    assert _ratio(plain[last]) > 1.03 * _ratio(plain[first])
+    assert swapped[-1]["beta"] > swapped[0]["beta"] + 0.05 and abs(swapped[-1]["alpha"] - 1) < swapped[-1]["beta"] - 1
+    assert _ratio(swapped[last]) < _ratio(swapped[first]) / 1.03
