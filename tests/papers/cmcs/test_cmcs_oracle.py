@@ -79,11 +79,11 @@ def test_recipe_hypergradient_agrees_with_the_unrolled_oracle_on_a_head(problem)
     assert stats["sign"] >= 0.9 and stats["within_factor"] >= 0.75, (stats, estimates, oracle)
 
 
-@pytest.mark.slow  # ~20-30 s on 2 cores: 6 cases × (4 unrolls of H steps + K HVPs) through a transformer
+@pytest.mark.slow  # 4 cases × (4 unrolls of H steps + K HVPs) + 2 × 36 power iterations through a transformer
 def test_recipe_hypergradient_agrees_with_the_oracle_on_a_transformer_with_an_indefinite_hessian():
     values = recipe_values()
     estimates, oracle, indefinite = [], [], 0
-    for seed in range(3):
+    for seed in range(2):
         for warm in (0, 60):
             case = transformer_case(seed, h=values["h"], warm=warm)
             e, o = compare(case, values)
@@ -94,8 +94,8 @@ def test_recipe_hypergradient_agrees_with_the_oracle_on_a_transformer_with_an_in
                 params = list(theta.values())
                 grads = torch.autograd.grad(case.lower_loss(theta, case.phi, case.batches[-1]), params, create_graph=True)
                 start = [torch.randn_like(p) for p in params]
-                lam = power_lambda_max(grads, params, start, 20)
-                indefinite += power_lambda_min(grads, params, start, lam, 40) < -0.05 * lam
-    assert indefinite >= 2, indefinite
+                lam = power_lambda_max(grads, params, start, 12)
+                indefinite += power_lambda_min(grads, params, start, lam, 24) < -0.05 * lam
+    assert indefinite == 2, indefinite
     stats = agreement(estimates, oracle)
     assert stats["sign"] >= 0.9 and stats["within_factor"] >= 0.75, (stats, estimates, oracle)
