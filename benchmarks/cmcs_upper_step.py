@@ -8,12 +8,14 @@ products + the mixed term. With one upper step per H plain steps, training costs
     .venv/bin/python benchmarks/cmcs_upper_step.py                         # CPU, tiny encoders, synthetic data
     .venv/bin/python benchmarks/cmcs_upper_step.py --device cuda --full    # bert-large + CLIP ViT-L/14 (weights needed)
     ... --neumann-terms 0 1 5 10 --set model.hypergrad_params=heads --json out.json
-    .venv/bin/python benchmarks/cmcs_upper_step.py --rehearsal [--layers 24 --batch 2 --neumann-terms 2]
+    flock /tmp/bigmem.lock nice .venv/bin/python benchmarks/cmcs_upper_step.py --rehearsal [--width-scale 0.25] [--rounds 4]
 
---rehearsal (issue 14): a random-weight BERT-large-sized text encoder (24 × 1024, 16 heads) and 1024-d
-CLIP-L-sized frozen vision features, one lower and one upper step in training mode and in eval mode (the
-fused SDPA kernel), printing peak memory, seconds per step, the raw hypergradient, φ_t/φ_v and finiteness.
-On a GPU it is the first command to run; on CPU keep K small (each term is one Hessian-vector product).
+--rehearsal (issues 14, 27): a random-weight BERT-large-sized text encoder (24 × 1024 × --width-scale,
+16 heads) and CLIP-L-sized frozen vision features; --rounds times: an upper step (the first at random
+init), then H lower steps, in training mode, then one upper step in eval mode (the fused SDPA kernel).
+It prints peak memory, seconds per step, the raw hypergradients, their norm range and the share of
+upper steps the engine's clip (train.grad_clip) would cut; K and γ are the recipe's unless
+--neumann-terms / --set say otherwise. Full width needs ~17 GB of RAM on CPU.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def _sync(device) -> None:
@@ -93,15 +97,16 @@ def _frozen_vision_cls():
     class FrozenVision(torch.nn.Module):
         """A frozen CLIP-L vision tower whose "pixels" are its 1024-d pooled features (no weights needed)."""
 
-        def __init__(self):
+        def __init__(self, width: int = 1024):
             super().__init__()
-            self.config = SimpleNamespace(vision_config=SimpleNamespace(hidden_size=1024))
+            self.config = SimpleNamespace(vision_config=SimpleNamespace(hidden_size=width))
             self.vision_model = Passthrough()
 
     return FrozenVision
 
 
-def rehearsal(layers: int, batch: int, seq: int, k: int, device: str | None) -> dict:
+def rehearsal(layers: int, batch: int, seq: int, k: int | None, device: str | None, width_scale: float = 1.0,
+              rounds: int = 4, overrides: list[str] | None = None) -> dict:
     import resource
 
     import torch
@@ -117,10 +122,14 @@ def rehearsal(layers: int, batch: int, seq: int, k: int, device: str | None) -> 
     FrozenVision = _frozen_vision_cls()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
-    resolved = resolve("cmcs/twitter15", ["model.trace=false", f"model.neumann_terms={k}"])
+    # a constant η1: the upper steps see the recipe's peak learning rate, not the warm-up's near-zero γ = η1(t)
+    resolved = resolve("cmcs/twitter15", ["model.trace=false", "train.optimizers.main.schedule.name=constant",
+                                          *([f"model.neumann_terms={k}"] if k is not None else []),
+                                          *(overrides or [])])
     cfg, train = resolved.model_config, resolved.recipe.train
-    bert = BertModel(BertConfig(num_hidden_layers=layers, hidden_size=1024, num_attention_heads=16, intermediate_size=4096))
-    vision = FrozenVision()
+    width = int(round(1024 * width_scale / 16)) * 16
+    bert = BertModel(BertConfig(num_hidden_layers=layers, hidden_size=width, num_attention_heads=16, intermediate_size=4 * width))
+    vision = FrozenVision(width)
     model = CMCSModel(bert, vision, 3, cfg.dropout, None, False, cfg.init_alpha, cfg.init_beta).to(dev)
     ctx = RunContext(device=dev, autocast_dtype=None, world=World(), seed=0)
     method = CMCS(resolved.recipe, cfg, data=None, manifest={}, ctx=ctx)
@@ -131,29 +140,42 @@ def rehearsal(layers: int, batch: int, seq: int, k: int, device: str | None) -> 
         labels = torch.randint(0, 3, (batch,), device=dev)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
                 "index": list(range(batch)), "labels": labels, "pixel_values": torch.nn.functional.layer_norm(
-                    torch.randn(batch, 1024, device=dev), (1024,)), "image_targets": torch.nn.functional.one_hot(labels, 3).float()}
+                    torch.randn(batch, width, device=dev), (width,)), "image_targets": torch.nn.functional.one_hot(labels, 3).float()}
 
     method._dev_batch = lambda step: make_batch()
     opts = {n: build_optimizer(method.parameters_for(model, n), train.optimizers[n]) for n in method.optimizer_names}
     scheds = {n: build_scheduler(o, train.optimizers[n].schedule, 1000, 100) for n, o in opts.items()}
     control = StepControl(model, opts, scheds, train.grad_clip, train.grad_clip_mode, ctx)
-    result = {"device": str(dev), "layers": layers, "batch": batch, "seq": seq, "K": k,
-              "theta_params": sum(p.numel() for p in method.hyper_parameters(model))}
-    for mode in ("train", "eval"):
+    result = {"device": str(dev), "layers": layers, "width": width, "batch": batch, "seq": seq, "K": cfg.neumann_terms,
+              "H": cfg.upper_every, "neumann_scaling": cfg.neumann_scaling, "neumann_damping": cfg.neumann_damping,
+              "eta1": train.optimizers["main"].lr, "grad_clip": train.grad_clip,
+              "theta_params": sum(p.numel() for p in method.hyper_parameters(model)), "upper": []}
+    finite = True
+    for r in range(rounds + 1):
+        mode = "train" if r < rounds else "eval"
         model.train(mode == "train")
         _sync(dev)
         start = time.perf_counter()
-        lower = method.train_step(model, make_batch(), control)
+        control.global_step = r * cfg.upper_every
+        upper = method.upper_step(model, make_batch(), control)  # round 0: at random init
         _sync(dev)
-        mid = time.perf_counter()
-        upper = method.upper_step(model, make_batch(), control)
+        seconds, start = time.perf_counter() - start, time.perf_counter()
+        lower = {}
+        if mode == "train":
+            model.train()
+            control.global_step = 0  # (0 + 1) % H ≠ 0: train_step takes no upper step of its own
+            for _ in range(cfg.upper_every if r < rounds - 1 else 0):  # the H lower steps before the next upper one
+                lower = method.train_step(model, make_batch(), control)
         _sync(dev)
-        result[mode] = {"lower_s": mid - start, "upper_s": time.perf_counter() - mid,
-                        "phi_t": lower["text_weight"], "phi_v": lower["image_weight"],
-                        **{key: upper.get(key) for key in ("hypergrad_alpha", "hypergrad_beta", "hypergrad_norm",
-                                                           "hessian_lambda_max", "neumann_gamma")},
-                        "finite": all(torch.isfinite(p).all().item() for p in model.parameters())
-                        and all(math.isfinite(v) for v in upper.values())}
+        finite &= all(torch.isfinite(p).all().item() for p in model.parameters()) and all(math.isfinite(v) for v in upper.values())
+        result["upper"].append({"round": r, "mode": mode, "upper_s": seconds, "lower_s_total": time.perf_counter() - start,
+                                **{key: upper.get(key) for key in ("hypergrad_alpha", "hypergrad_beta", "hypergrad_norm",
+                                                                   "hypergrad_clipped", "neumann_gamma", "hessian_lambda_max")},
+                                "phi_t": lower.get("text_weight"), "phi_v": lower.get("image_weight")})
+        print(json.dumps(result["upper"][-1]), flush=True)
+    norms = [u["hypergrad_norm"] for u in result["upper"]]
+    result.update(clipped_share=sum(u["hypergrad_clipped"] for u in result["upper"]) / len(norms),
+                  hypergrad_norm_range=[min(norms), max(norms)], all_finite=finite)
     if dev.type == "cuda":
         result["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     else:
@@ -166,7 +188,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="cmcs/twitter15")
     parser.add_argument("--full", action="store_true", help="the recipe's real encoders (default: its smoke block)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--neumann-terms", type=int, nargs="+", default=[0, 2, 5])
+    parser.add_argument("--neumann-terms", type=int, nargs="+", default=None, help="K values (default: the recipe's)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override key=value")
@@ -175,23 +197,29 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--width-scale", type=float, default=1.0, help="--rehearsal: BERT/CLIP width × this")
+    parser.add_argument("--rounds", type=int, default=4, help="--rehearsal: upper steps in training mode (H lower steps apart)")
     args = parser.parse_args()
     if args.rehearsal:
-        print(json.dumps(rehearsal(args.layers, args.batch, args.seq, args.neumann_terms[-1], args.device), indent=2))
+        k = args.neumann_terms[-1] if args.neumann_terms else None
+        result = rehearsal(args.layers, args.batch, args.seq, k, args.device, args.width_scale, args.rounds, args.overrides)
+        result["command"] = "python benchmarks/cmcs_upper_step.py " + " ".join(sys.argv[1:])
+        print(json.dumps({k_: v for k_, v in result.items() if k_ != "upper"}, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return
     os.environ.setdefault("MMBENCH_DATA", os.path.join(tempfile.gettempdir(), "mmbench-bench-data"))
     overrides = list(args.overrides)
     if args.full:
         overrides.append("data.synthetic=true")  # real encoders on synthetic images/text (timing only)
     rows = []
-    for k in args.neumann_terms:
-        row = measure(args.recipe, [*overrides, f"model.neumann_terms={k}"], not args.full, args.device, args.steps, args.warmup)
+    for k in args.neumann_terms or [None]:
+        row = measure(args.recipe, [*overrides, *([f"model.neumann_terms={k}"] if k is not None else [])], not args.full,
+                      args.device, args.steps, args.warmup)
         rows.append(row)
-        print(f"K={k:3d}  plain {row['plain_step_s'] * 1e3:8.1f} ms  upper {row['upper_step_s'] * 1e3:8.1f} ms  "
+        print(f"K={row['K']:3d}  plain {row['plain_step_s'] * 1e3:8.1f} ms  upper {row['upper_step_s'] * 1e3:8.1f} ms  "
               f"ratio {row['ratio']:5.2f}  per-batch cost at H=10: {row['amortised_over_H'][10]:.2f}x "
               f"({row['theta_params']:,} θ params, {row['device']})")
-    from pathlib import Path
-
     from mmbench.paths import bench_results_dir
 
     out = Path(args.json or bench_results_dir() / f"cmcs_upper_step-{rows[0]['device'].split(':')[0]}.json")

@@ -91,9 +91,27 @@ def _merge_logs(world: World, sums: dict, counts: dict) -> tuple[dict, dict]:
     merged_sums, merged_counts = {}, {}
     for rank_sums, rank_counts in gather_objects(world, [(sums, counts)]):
         for key, value in rank_sums.items():
-            merged_sums[key] = merged_sums.get(key, 0.0) + value
-            merged_counts[key] = merged_counts.get(key, 0) + rank_counts[key]
+            _reduce(merged_sums, merged_counts, key, value, rank_counts[key])
     return merged_sums, merged_counts
+
+
+def accumulate_logs(sums: dict, counts: dict, logs: dict) -> None:
+    """Add one step's logs to the epoch's: a key ending in `_min` / `_max` keeps the epoch's smallest /
+    largest value (e.g. a range a method wants visible), every other key is averaged over the steps
+    that report it (an upper-level step every H steps averages over those)."""
+    for key, value in logs.items():
+        _reduce(sums, counts, key, float(value), 1)
+
+
+def _reduce(sums: dict, counts: dict, key: str, value: float, count: int) -> None:
+    if key.endswith(("_min", "_max")) and key in sums:
+        sums[key] = (min if key.endswith("_min") else max)(sums[key], value)
+        return
+    if key.endswith(("_min", "_max")):
+        sums[key], counts[key] = value, 1
+        return
+    sums[key] = sums.get(key, 0.0) + value
+    counts[key] = counts.get(key, 0) + count
 
 
 def _better(value: float, best: float | None, mode: str, ties_to_later: bool) -> bool:
@@ -222,9 +240,7 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         meter = EpochMeter(steps_per_epoch, f"epoch {epoch + 1}/{train.epochs}", ctx.device, log, is_main, ctx.world.size)
         for batch in meter.batches(train_loader(method, epoch, train.loader, _cast(session))):
             control.global_step = loop["global_step"]
-            for key, value in method.train_step(wrapped, batch, control).items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-                counts[key] = counts.get(key, 0) + 1
+            accumulate_logs(sums, counts, method.train_step(wrapped, batch, control))
             n_steps += 1
             loop["global_step"] += 1
             if crash_after and loop["global_step"] >= crash_after:

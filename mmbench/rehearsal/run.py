@@ -155,6 +155,7 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
 
     seconds = {"data": 0.0, "forward": 0.0}
     losses_finite, last_logs, batches, examples = True, {}, 0, 0
+    seen: dict[str, list[float]] = {}  # every logged value by key: ranges and shares, not only the last batch
     epoch = start_epoch
     model.train()
     while batches < max_batches and min((step.stepped.get(n, 0) for n in method.optimizer_names), default=steps) < steps:
@@ -177,6 +178,8 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
             seconds["forward"] += time.perf_counter() - t1 - (step.seconds["backward"] + step.seconds["optimizer"] - inner)
             losses_finite &= all(math.isfinite(float(v)) for v in logs.values())
             last_logs = {k: float(v) for k, v in logs.items()}
+            for key, value in last_logs.items():
+                seen.setdefault(key, []).append(value)
             batches += 1
             examples += _batch_size(batch, train.batch_size)
             if min(step.stepped.get(n, 0) for n in method.optimizer_names) >= steps:
@@ -215,6 +218,8 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
         "memory": memory,
         "checkpoint_bytes": checkpoint_bytes,
         "last_logs": last_logs,
+        # min / mean / max of each logged key over the steps that logged it (a 0/1 flag's mean is its share)
+        "log_ranges": {k: {"n": len(v), "min": min(v), "mean": sum(v) / len(v), "max": max(v)} for k, v in seen.items()},
         "finite": finite,
         "ok": all(finite.values()) and not unstepped,
     }

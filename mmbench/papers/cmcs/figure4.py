@@ -37,7 +37,8 @@ def figure4_data(run_dir: Path, epochs: tuple[int, ...] = (1, 15), batches: int 
 
 def effect_ranges(rows: list[dict]) -> list[dict]:
     """Per epoch, min / median / max of ln Δε before the clamp (text, image) and of the raw hypergradient
-    norm: what the `effect_clamp` is chosen from (issue 14)."""
+    norm: what the `effect_clamp` is chosen from (issue 14); and the share of upper steps whose ∇φ the
+    engine clipped (issue 27: a high share means φ follows the clip, not the hypergradient)."""
     import statistics
 
     out = []
@@ -47,6 +48,9 @@ def effect_ranges(rows: list[dict]) -> list[dict]:
             values = [r[key] for r in rows if r["epoch"] == epoch and r.get(key) is not None]
             if values:
                 row[key] = (min(values), statistics.median(values), max(values))
+        flags = [r["hypergrad_clipped"] for r in rows if r["epoch"] == epoch and r.get("hypergrad_clipped") is not None]
+        if flags:
+            row["clipped_share"] = sum(flags) / len(flags)
         out.append(row)
     return out
 
@@ -67,9 +71,11 @@ def figure4_table(data: dict) -> str:
                 cells.append(_fmt(values[b] if b < len(values) else None))
         lines.append("| " + " | ".join(cells) + " |")
     keys = (("text_log_effect", "ln Δε text"), ("image_log_effect", "ln Δε image"), ("hypergrad_norm", "‖∇φ‖ raw"))
-    lines += ["", "| epoch | " + " | ".join(f"{label} min / median / max" for _, label in keys) + " |", "|" + "---|" * 4]
+    lines += ["", "| epoch | " + " | ".join(f"{label} min / median / max" for _, label in keys) + " | upper steps clipped |",
+              "|" + "---|" * 5]
     for r in data.get("ranges", []):
         cells = [" / ".join(f"{v:.3g}" for v in r[k]) if k in r else "–" for k, _ in keys]
+        cells.append(f"{100 * r['clipped_share']:.0f} %" if "clipped_share" in r else "–")
         lines.append(f"| {r['epoch']} | " + " | ".join(cells) + " |")
     notes = [f"epoch {asked} was not reached; epoch {used} is shown" for asked, used in data["epochs"] if asked != used]
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"

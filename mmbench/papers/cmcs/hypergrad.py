@@ -9,26 +9,26 @@ and the inverse Hessian is replaced by a truncated Neumann series (eq 14)
 
     (∇²_θ L)^{-1} ≈ γ Σ_{j=0..K} (I - γ ∇²_θ L)^j .
 
-CMCS's eq 14 is the γ = 1 case; Lorraine et al. scale by the lower learning rate γ so the series
-converges whenever the Hessian's eigenvalues lie in (0, 2/γ). Only Hessian-vector products are
-formed (`torch.autograd.grad` of the lower gradient), never the Hessian itself.
+CMCS's eq 14 is the γ = 1 case; Lorraine et al. (the paper's [22]) scale by the lower learning rate,
+and that is the default here (`neumann_scaling: lr`, issue 27): with γ = η1 the j-th term is one step
+of the lower problem's SGD (Algorithm 1 line 8), so γ Σ_{j=0..K} (I − γH)^j with K + 1 = H terms is the
+derivative of the H lower steps Algorithm 1 takes between two upper steps, taken after those steps at
+the current θ (the Hessian and mixed term of the last lower batch standing in for each of the H).
+That is a quantity with a ground truth: the finite difference of L_dev over the H steps (oracle.py).
+At the recipe's η1 = 2e-5, H = 10, K = 9 it agrees with that oracle in sign and within ×2 on 768/1024-d
+heads and on a small transformer with an indefinite Hessian (tests/papers/cmcs/test_cmcs_oracle.py,
+benchmarks/results/cmcs_hypergrad_agreement.json). It cannot diverge at these values: with
+γ|λ| ≤ 2e-5·|λ| ≪ 1 the growth along a negative eigenvalue is (1 + γ|λ_min|)^K ≈ 1, so no damping is
+needed. Only Hessian-vector products are formed, never the Hessian itself.
 
-Why γ = 1/λ̂_max (`power_lambda_max`) and not γ = 1 or γ = η1: a 1024→3 head on LayerNorm-scale
-features already has λ_max ≈ 25-50, so γ = 1 makes (I - H)^j grow like 50^j (K = 5 gives 1e6-1e15 with
-the wrong sign); γ = η1 = 2e-5 converges but with K = 60 terms sums to ≈ 60·η1·I, a scaled identity that
-is orders of magnitude too small and blind to curvature (it is the unrolled-SGD derivative, and the
-lower optimiser is AdamW, not SGD). γ = 1/λ̂_max puts every eigenvalue of I - γH in [0, 1), so the
-series converges for any curvature, at the cost of a few extra Hessian-vector products
-(tests/papers/cmcs/test_cmcs_hypergrad.py checks sign and 20 % against the exact implicit gradient).
-
-That holds for a positive semi-definite Hessian only. Far from a minimum (random init, every encoder
-weight in θ) the Hessian is indefinite and a negative eigenvalue λ_min makes the series grow like
-(1 + γ|λ_min|)^K (measured at a quarter-width CMCS rehearsal: ‖v(I − γH)^j‖ × 1.67 per term, 7e13 at
-K = 60). `damping="min_eigen"` estimates λ_min by power iteration on λ̂_max·I − H and uses H + δI with
-δ = 2·max(0, −λ̂_min), γ = 1/(λ̂_max + δ): the series then converges, to the damped (Levenberg–Marquardt)
-inverse, i.e. the damped implicit gradient, not eq 13's exact one, wherever λ_min < 0. Opt-in
-(`model.neumann_damping`): with it the bilevel mechanism test no longer turns the noisy modality
-down, so making it the default needs that mechanism re-examined first.
+Other readings, kept as options. `neumann_scaling: power` (γ = 1/λ̂_max, `power_lambda_max`; the old
+default, K = 60) sums the series of the converged θ*(φ): it matches eq 13's exact inverse on a
+positive-definite problem (test_cmcs_hypergrad.py), is ~100× the H-step response on the heads above,
+and far from a minimum the Hessian is indefinite, so a negative eigenvalue makes it grow like
+(1 + γ|λ_min|)^K (a quarter-width rehearsal: ×1.67 a term, 7e13 at K = 60; nearly every upper step
+clipped). `damping="min_eigen"` (power scaling only) estimates λ_min by power iteration on
+λ̂_max·I − H and uses H + δI with δ = 2·max(0, −λ̂_min), γ = 1/(λ̂_max + δ): the series then converges
+to the damped (Levenberg–Marquardt) inverse, not eq 13's exact one, wherever λ_min < 0.
 """
 
 from __future__ import annotations

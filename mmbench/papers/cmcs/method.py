@@ -39,7 +39,9 @@ from mmbench.results import store
 TRACE_FILE = "cmcs_trace.jsonl"
 TRACE_KEYS = ("text_effect", "text_log_effect", "text_weight", "text_step_multiplier", "image_effect", "image_log_effect",
               "image_weight", "image_step_multiplier", "hypergrad_alpha", "hypergrad_beta", "hypergrad_norm",
-              "neumann_gamma", "hessian_lambda_max", "hessian_lambda_min", "neumann_damping", "hypergrad_skipped")
+              "neumann_gamma", "hessian_lambda_max", "hessian_lambda_min", "neumann_damping", "hypergrad_skipped",
+              "hypergrad_clipped")
+CLIPPED_WARNING = 0.10  # share of an epoch's upper steps whose raw ∇φ the engine clipped: above it, warn
 
 
 class CMCSConfig(BaseModel):
@@ -62,8 +64,10 @@ class CMCSConfig(BaseModel):
     init_beta: float = 1.0
     effect_clamp: float | None = 10.0
     upper_every: int = Field(10, ge=1)  # H
-    neumann_terms: int = Field(60, ge=0)  # K (60: within 20 % of the exact eq 13 at κ ≈ 25, see the recipe)
-    neumann_scaling: Literal["power", "fixed"] = "power"  # γ = 1/λ̂_max (power iteration) or `neumann_scale`
+    neumann_terms: int = Field(9, ge=0)  # K: K + 1 = H terms make the series the H-step unrolled derivative
+    # γ of eq 14: "lr" = the lower learning rate η1 (Lorraine et al.'s series, see hypergrad.py), "power" =
+    # 1/λ̂_max by power iteration, "fixed" = `neumann_scale`
+    neumann_scaling: Literal["lr", "power", "fixed"] = "lr"
     neumann_scale: float = Field(1.0, gt=0)  # γ of γΣ(I-γH)^j when fixed; eq 14 as printed is γ = 1
     power_iterations: int = Field(8, ge=1)
     # an indefinite Hessian (far from a minimum) makes eq 14 diverge: "min_eigen" damps it (hypergrad.py)
@@ -100,6 +104,10 @@ class CMCS(Method):
     Config = CMCSConfig
     optimizer_names = ("main", "meta")  # main: θ (η1); meta: φ = {α, β} (η2, plain SGD in Algorithm 1)
     supports_ddp = False  # the hyper-gradient is computed on one process's batches
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._upper_counts = {"steps": 0, "clipped": 0}  # this epoch's upper steps, and how many were clipped
 
     # -- data -----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -282,6 +290,10 @@ class CMCS(Method):
         params = self.hyper_parameters(model)
         phi = [model.scheduler.alpha, model.scheduler.beta]
         cfg = self.config
+        if cfg.neumann_scaling == "lr":  # γ = η1: the rate the H lower steps just took (after the schedule)
+            scale = step.optimizers["main"].param_groups[0]["lr"]
+        else:
+            scale = None if cfg.neumann_scaling == "power" else cfg.neumann_scale
         with torch.autocast(self.ctx.device.type, enabled=False), sdpa_kernel(SDPBackend.MATH):
             dev_out = model(self._dev_batch(step.global_step), cfg.effect_clamp)
             dev_text_w, dev_image_w = (w.detach() if w is not None else None for w in self._weights(model, dev_out))
@@ -292,8 +304,7 @@ class CMCS(Method):
             lower = scheduled_loss(text_w, out["text_loss"], image_w, out.get("image_loss"))  # eq (9) at the current θ
             lower_grad = torch.autograd.grad(lower, params, create_graph=True, allow_unused=True)
             info: dict = {}
-            hyper = implicit_hypergradient(upper_grad, lower_grad, params, phi, cfg.neumann_terms,
-                                           None if cfg.neumann_scaling == "power" else cfg.neumann_scale,
+            hyper = implicit_hypergradient(upper_grad, lower_grad, params, phi, cfg.neumann_terms, scale,
                                            power_iters=cfg.power_iterations, info=info,
                                            damping=cfg.neumann_damping if cfg.neumann_scaling == "power" else "none")  # eqs (13)-(14)
         raw = [float(g) for g in hyper]  # logged before the engine clips p.grad in place
@@ -303,6 +314,14 @@ class CMCS(Method):
             logs["hessian_lambda_max"] = info["lambda_max"]
         if "lambda_min" in info:
             logs["hessian_lambda_min"], logs["neumann_damping"] = info["lambda_min"], info["damping"]
+        # the engine clips ∇φ to train.grad_clip: how often it does is how often φ's step ignores the
+        # hypergradient's size (issue 27); the trainer reduces *_min / *_max keys by min / max per epoch
+        clip = step.grad_clip
+        clipped = not math.isfinite(logs["hypergrad_norm"]) or (clip is not None and logs["hypergrad_norm"] > clip)
+        logs.update(hypergrad_clipped=float(clipped), hypergrad_norm_min=logs["hypergrad_norm"],
+                    hypergrad_norm_max=logs["hypergrad_norm"])
+        self._upper_counts["steps"] += 1
+        self._upper_counts["clipped"] += int(clipped)
         if not all(math.isfinite(g) for g in raw):  # never let a NaN/inf reach φ (and through φ, θ)
             logs["hypergrad_skipped"] = 1.0
             return logs
@@ -314,6 +333,17 @@ class CMCS(Method):
     # -- Figure 4 trace -------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
         self._batch_in_epoch = 0
+        self._upper_counts = {"steps": 0, "clipped": 0}
+
+    def epoch_warnings(self, epoch: int, metrics: dict[str, float]) -> list[str]:
+        """More than 10 % of the epoch's upper steps clipped: φ then moves by η2·(clip) in a direction
+        the hypergradient's growth, not its value, decides (issue 27)."""
+        steps, clipped = self._upper_counts["steps"], self._upper_counts["clipped"]
+        if not steps or clipped / steps <= CLIPPED_WARNING:
+            return []
+        return [f"cmcs: {clipped}/{steps} upper steps of epoch {epoch + 1} had their hypergradient clipped "
+                f"(raw ‖∇φ‖ above train.grad_clip; see hypergrad_norm_min/max in log.jsonl): check model.neumann_scaling, "
+                f"model.neumann_terms and model.neumann_damping"]
 
     def _trace(self, model: CMCSModel, step: StepControl, logs: dict) -> None:
         run_dir = self.ctx.run_dir

@@ -64,6 +64,12 @@ def test_smoke_training_learns_and_traces_every_batch(smoke_run):
     assert [r["global_step"] for r in trace] == list(range(steps))
     upper = [r for r in trace if "hypergrad_alpha" in r]
     assert len(upper) == steps // 2  # one upper-level step after every H = 2 lower steps
+    # issue 27: the share of clipped upper steps and the raw-norm range reach log.jsonl and metrics.json
+    final = smoke_run["final_train"]
+    assert 0.0 <= final["hypergrad_clipped"] <= 1.0 and final["hypergrad_norm_min"] <= final["hypergrad_norm_max"]
+    last_epoch = [r["hypergrad_norm"] for r in upper if r["epoch"] == log[-1]["epoch"]]
+    assert (final["hypergrad_norm_min"], final["hypergrad_norm_max"]) == (min(last_epoch), max(last_epoch))
+    assert all("hypergrad_clipped" in r for r in upper)
     for r in trace:  # φ = softplus(α·Δε) with the α of that step (α changes only after the upper step)
         assert r["alpha"] != 1.0 or r["global_step"] < 1
         assert r["text_effect"] > 0 and r["text_weight"] > 0
@@ -81,6 +87,7 @@ def test_figure4_table_and_png_from_the_trace(smoke_run, tmp_path):
     assert data["series"][1]["text_effect"] == [r["text_effect"] for r in trace if r["epoch"] == 0][:16]
     table, png = render(run, tmp_path)
     assert "epoch 15 was not reached" in table.read_text() and png.stat().st_size > 5000
+    assert "upper steps clipped" in table.read_text() and all("clipped_share" in r for r in data["ranges"])
 
 
 def test_upper_step_moves_phi_by_minus_eta2_times_hypergradient(mm_env):
