@@ -1,0 +1,1 @@
+"""Paper-size rehearsal: random-weight encoders, real-shape synthetic data."""
