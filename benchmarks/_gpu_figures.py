@@ -46,7 +46,8 @@ def _rehearse(part: dict) -> dict[str, str]:
             [f"{k} never stepped" for k in r["unstepped_optimizers"]]))
         out[run["label"]] = (f"{r['steady_state']['samples_per_s']} samples/s steady (batch {r['requested_batch']}, {r['precision']}), "
                              f"peak {memory} MB {kind}, epoch {_hours(estimate.get('epoch_seconds'))}, "
-                             f"plan {_hours(estimate.get('plan_seconds'))}; checks {checks}")
+                             f"plan {'n/a (no paper.yaml)' if 'plan_error' in estimate else _hours(estimate.get('plan_seconds'))}; "
+                             f"checks {checks}")
     return out
 
 
@@ -66,7 +67,8 @@ def _vs_official(part: dict) -> dict[str, str]:
 
 
 def _dcpa(part: dict) -> dict[str, str]:
-    for run in _ok_runs(part):
+    """The largest size that finished (COCO-5K when it did)."""
+    for run in sorted(_ok_runs(part), key=lambda run: -run["result"]["pairs"]):
         r = run["result"]
         paths = r["paths"]
         texts = [f"{name} {p['seconds']} s" for name, p in paths.items()]
@@ -83,6 +85,9 @@ def _dcpa(part: dict) -> dict[str, str]:
 def _cmcs(part: dict) -> dict[str, str]:
     for run in _ok_runs(part):
         r = run["result"]
+        if "rows" in r:  # the benchmark's recipe mode (tiny): plain vs upper step on the smoke encoders
+            return {"upper": "; ".join(f"{row['text_encoder']} K {row['K']}: plain {row['plain_step_s']:.3f} s, upper "
+                                       f"{row['upper_step_s']:.3f} s (×{row['ratio']:.1f})" for row in r["rows"])}
         modes = [f"{m}: lower {r[m]['lower_s']:.2f} s, upper {r[m]['upper_s']:.2f} s, finite {r[m]['finite']}, "
                  f"|hypergrad| {r[m].get('hypergrad_norm')}" for m in ("train", "eval") if m in r]
         memory = f"peak {r['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in r else f"peak RSS {r.get('peak_rss_gib', 0):.1f} GiB"

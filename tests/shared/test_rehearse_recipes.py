@@ -21,6 +21,10 @@ def test_rehearsal_runs_every_optimiser_and_stays_finite(recipe):
     assert report["eval_batch"]["predictions"] > 0
     assert report["parameters"]["total"] >= report["parameters"]["trainable"] > 0
     assert report["samples_per_s"] > 0 and report["memory"]["peak_rss_mb"] > 0
+    # every logged loss term moved off 0; a steady-state speed and the epoch / plan estimates from it
+    assert report["loss_terms"] and report["zero_loss_terms"] == []
+    assert report["steady_state"]["samples_per_s"] > 0 and report["estimate"]["epoch_seconds"] > 0
+    assert report["estimate"]["plan_seconds"] >= report["estimate"]["run_seconds"] > 0
     # every encoder came from a built-in architecture (nothing was downloaded or read from a cache)
     assert report["encoders"] and all(v["init"] == "random" and v["parameters"] > 0 for v in report["encoders"].values())
 
