@@ -17,7 +17,11 @@ PYVER=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]
 WHEELS=${WHEELS:-build/gpu-venv-wheels}
 OUT=${OUT:-build/gpu-venv-check}
 started=$(date +%s)
-rm -rf "$VENV" "$OUT"
+rm -rf "$OUT"
+if [ -n "${REUSE_VENV:-}" ] && [ -x "$VENV/bin/python" ]; then
+  echo "[gpu-venv-check] REUSE_VENV: keeping the image set already in $VENV"
+else
+rm -rf "$VENV"
 "$PY" -m venv "$VENV"
 if [ -n "${TORCH_WHEEL:-}" ]; then
   "$VENV/bin/pip" install -q --no-deps "$TORCH_WHEEL"
@@ -27,8 +31,12 @@ if [ -n "${TORCH_WHEEL:-}" ]; then
 else
   "$VENV/bin/pip" install -q "${TORCH_SPEC:-torch}" "${TORCHVISION_SPEC:-torchvision}"
 fi
-"$VENV/bin/pip" install -q "transformers>=5,<6" typer rich pandas pyarrow pyyaml scikit-learn numpy scipy pytest \
+"$VENV/bin/pip" install -q "transformers>=5,<6" rich pandas pyarrow pyyaml scikit-learn numpy scipy pytest \
   huggingface-hub fsspec xxhash tqdm safetensors tokenizers pillow
+# typer without its requirements: recent typer requires pydantic, which the GPU image lacks (so the image's typer is
+# one that does not, or a pydantic comes with it: either way the carried pydantic goes first on the path)
+"$VENV/bin/pip" install -q --no-deps typer shellingham annotated-doc
+fi
 echo "[gpu-venv-check] image set installed ($(( $(date +%s) - started )) s): $("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"
 # nothing of the carried set may be in the venv before the carried wheels go in
 if "$VENV/bin/python" -c "import datasets" 2>/dev/null || "$VENV/bin/python" -c "import pydantic" 2>/dev/null \
