@@ -97,8 +97,8 @@ def plan(device: str, tiny: bool, official: Path) -> list[Part]:
                   60, "{result}") for paper in (["dtca"] if tiny else ["dtca", "cmcs"])]
     missing = None if official.is_dir() else f"released code not found at {official} (set MMBENCH_OFFICIAL)"
     # budgets (s) add up to 8 min on the GPU; a part that finishes early leaves its rest to the next ones
-    return [Part("rehearse", 150, rehearse), Part("vs-official", 120, vs, missing), Part("dcpa-eval", 130, dcpa),
-            Part("cmcs-upper", 50, cmcs), Part("input", 30, inputs)]
+    return [Part("rehearse", 210, rehearse), Part("vs-official", 100, vs, missing), Part("dcpa-eval", 100, dcpa),
+            Part("cmcs-upper", 45, cmcs), Part("input", 25, inputs)]
 
 
 def environment(device: str, tiny: bool) -> dict:
@@ -132,12 +132,13 @@ def last_json(text: str):
     return None
 
 
-def execute(run: Run, deadline: float, log, scratch: Path) -> dict:
-    """One benchmark in its own process group, killed at min(its timeout, the deadline)."""
-    limit = min(run.timeout, deadline - time.monotonic())
+def execute(run: Run, deadline: float, log, scratch: Path, runs_left: int = 1) -> dict:
+    """One benchmark in its own process group, killed after min(its timeout, a fair share of the part's time
+    left: an equal part for it and each run after it, so one slow run cannot starve the rest)."""
+    limit = min(run.timeout, (deadline - time.monotonic()) / runs_left)
     entry = {"label": run.label, "command": None, "status": None, "seconds": 0.0}
     if limit < 5:
-        entry.update(status="skipped", error="no time left in the part's budget")
+        entry.update(status="skipped", error=f"no time left in the part's budget ({limit:.0f} s share)")
         return entry
     result = scratch / (re.sub(r"[^A-Za-z0-9]+", "-", run.label) + ".json")
     argv = [sys.executable, *(a.replace("{result}", str(result)) for a in run.argv)]
@@ -193,9 +194,9 @@ def run_parts(parts: list[Part], out: Path, header: dict, budget_scale: float, l
             if part.skip:
                 data.update(status="skipped", reason=part.skip)
             else:
-                for run in part.runs:
+                for i, run in enumerate(part.runs):
                     write(path, data)
-                    data["runs"].append(execute(run, deadline, log, Path(tmp)))
+                    data["runs"].append(execute(run, deadline, log, Path(tmp), len(part.runs) - i))
                 statuses = {r["status"] for r in data["runs"]}
                 data["status"] = "ok" if statuses == {"ok"} else "failed" if "ok" not in statuses else "partial"
             data["seconds"] = round(sum(r["seconds"] for r in data["runs"]), 1)

@@ -66,15 +66,16 @@ def test_a_run_over_its_time_is_killed_and_the_next_still_runs(tmp_path):
     sleeper = gpu_check.Run("sleeps", ["-c", "import time; print('started', flush=True); time.sleep(60)"], 60)
     printer = gpu_check.Run("prints", ["-c", "import json; print('noise'); print(json.dumps({'x': 1}, indent=1))"], 60)
     failing = gpu_check.Run("fails", ["-c", "raise SystemExit('boom')"], 60)
-    parts = [gpu_check.Part("slow", 2 / 3, [sleeper]), gpu_check.Part("fast", 1, [printer, failing]),
+    parts = [gpu_check.Part("slow", 1, [sleeper, sleeper]), gpu_check.Part("fast", 1, [printer, failing]),
              gpu_check.Part("absent", 1, [printer], skip="released code not found")]
     header = {"schema": 1, "device": "cpu"}
     started = time.monotonic()
     with open(tmp_path / "gpu-check.log", "w") as log:
-        written = gpu_check.run_parts(parts, tmp_path, header, 9.0, log)  # budgets 6 s, 9 s, 9 s
-    assert time.monotonic() - started < 30
+        written = gpu_check.run_parts(parts, tmp_path, header, 15.0, log)  # budgets 15 s each
+    assert time.monotonic() - started < 45  # the sleepers (60 s) were killed within 15 s
     slow, fast, absent = (json.loads((tmp_path / f"gpu-{n}.json").read_text()) for n in ("slow", "fast", "absent"))
-    assert slow["status"] == "failed" and slow["runs"][0]["status"] == "timeout"
+    assert slow["status"] == "failed" and [r["status"] for r in slow["runs"]] == ["timeout", "timeout"]
+    assert slow["runs"][0]["seconds"] < 10 and slow["runs"][1]["seconds"] >= 5  # a fair share: the first cannot starve the second
     assert fast["status"] == "partial" and [r["status"] for r in fast["runs"]] == ["ok", "failed"]
     assert fast["runs"][0]["result"] == {"x": 1} and fast["runs"][1]["error"] == "boom"
     assert absent["status"] == "skipped" and absent["runs"] == []
