@@ -27,7 +27,8 @@ PARTS = ["rehearse", "vs-official", "dcpa-eval", "cmcs-upper", "input"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    env = {**os.environ, "PYTHON": sys.executable, "MMBENCH_THREADS": "1"}
+    # MMBENCH_WHEELS=none: this venv's own packages, even where `make gpu-wheels` left the cp312 wheels in .whl/
+    env = {**os.environ, "PYTHON": sys.executable, "MMBENCH_THREADS": "1", "MMBENCH_WHEELS": "none"}
     started = time.monotonic()
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--device", "cpu", "--tiny", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=600)
