@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # PyPI's torchvision 0.29 does not import beside the CPU-only torch 2.13 (see README "Install").
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast test-portable test-durations tables validate clean real-check rehearse check-wheel
+.PHONY: install demo test test-fast test-portable test-durations tables validate clean real-check rehearse check-wheel gpu-check gpu-wheels gpu-venv-check
 
 $(BIN)/mmbench: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,23 @@ rehearse: install
 # The wheel as a user installs it, used from an empty directory (also the slow test in tests/shared/test_packaging.py).
 check-wheel: install
 	bash scripts/check_wheel.sh
+
+# A GPU slot (issue 26): every GPU figure the suite lacks, ≤ 8 min, ≤ 8 JSON + a log in OUT; commit OUT/gpu-*.json
+# into benchmarks/results/. No venv needed there (the GPU image's python3 + the wheels of `make gpu-wheels` in .whl/).
+# `make gpu-check DEVICE=cpu TINY=1 OUT=DIR`: the same parts at tiny sizes (what tests/shared/test_gpu_check.py runs).
+OUT ?= build/gpu-check
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	PYTHON=$(GPU_PYTHON) bash scripts/gpu_check.sh --out $(OUT) $(if $(DEVICE),--device $(DEVICE)) $(if $(TINY),--tiny)
+
+# The wheels the GPU image lacks (scripts/gpu_wheels.txt) into .whl/, on a machine with registry access.
+gpu-wheels:
+	bash scripts/gpu_wheels.sh
+
+# A fresh venv with only the GPU image's packages + the carried wheels: imports every mmbench module, runs the
+# tiny gpu-check (minutes; not part of `make test`).
+gpu-venv-check:
+	bash scripts/gpu_venv_check.sh
 
 clean:
 	rm -rf build .pytest_cache

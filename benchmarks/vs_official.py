@@ -46,7 +46,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFICIAL = ROOT.parent / "shared" / "official"
+# MMBENCH_OFFICIAL: the released code elsewhere (a GPU machine that carries it beside the repository)
+OFFICIAL = Path(os.environ.get("MMBENCH_OFFICIAL") or ROOT.parent / "shared" / "official")
 
 ITM_SIZES = {  # paper: roberta-base, 100 Faster R-CNN regions of 2048-d, batch 32, 128 tokens (the released defaults)
     "small": dict(hidden=128, layers=2, heads=4, ffn=512, region_dim=256, regions=100, batch=8, length=32),

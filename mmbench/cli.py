@@ -376,6 +376,7 @@ def bench(name: Optional[str] = typer.Argument(None, help="benchmark script unde
 @cli_errors
 def rehearse(recipe: Optional[str] = typer.Argument(None, help="recipe to rehearse (or --all-recipes)"),
              steps: int = typer.Option(2, help="optimiser steps of every optimiser the method has"),
+             warmup: int = typer.Option(0, help="extra steps first, left out of the steady-state samples/s"),
              batch: Optional[int] = typer.Option(None, help="batch size (default: the recipe's)"),
              device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
              precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 (default: the recipe's)"),
@@ -388,12 +389,14 @@ def rehearse(recipe: Optional[str] = typer.Argument(None, help="recipe to rehear
              every_row: bool = typer.Option(False, help="with --all-recipes: every distinct table row, sweeps included"),
              out: Optional[Path] = typer.Option(None, help="write the JSON report(s) to this file")):
     """Run RECIPE at paper size with random-weight encoders and real-shape synthetic data (offline):
-    N optimiser steps + one eval batch; prints parameters, samples/s, step time split, peak memory, finiteness."""
+    N optimiser steps + one eval batch; prints parameters, samples/s (and steady-state after --warmup), step time
+    split, peak memory, finiteness, loss terms that stayed 0, and the estimated epoch / paper-plan wall time."""
     import json
 
     from mmbench.rehearsal.table import JSON_PREFIX, rehearse_all
 
-    options = ["--steps", str(steps), "--width-scale", str(width_scale), "--start-epoch", str(start_epoch)]
+    options = ["--steps", str(steps), "--warmup", str(warmup), "--width-scale", str(width_scale),
+               "--start-epoch", str(start_epoch)]
     for flag, value in (("--batch", batch), ("--device", device), ("--precision", precision), ("--max-batches", max_batches)):
         if value is not None:
             options += [flag, str(value)]
@@ -404,7 +407,8 @@ def rehearse(recipe: Optional[str] = typer.Argument(None, help="recipe to rehear
             raise MmbenchError("rehearse: name a recipe or pass --all-recipes")
         from mmbench.rehearsal.run import rehearse as run_rehearsal
 
-        reports = [run_rehearsal(recipe, steps, batch, device, precision, width_scale, list(set_), start_epoch, max_batches)]
+        reports = [run_rehearsal(recipe, steps, batch, device, precision, width_scale, list(set_), start_epoch, max_batches,
+                                 warmup=warmup)]
         typer.echo(JSON_PREFIX + json.dumps(reports[0]))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

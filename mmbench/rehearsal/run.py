@@ -11,12 +11,19 @@ What is measured from outside the method, per training batch:
   itself, e.g. a hypergradient).
 CUDA is synchronised at each boundary. Memory: peak allocated CUDA memory, or on CPU the process's
 peak resident set size (which includes building the models and preparing the data).
+
+Steady state: the first `warmup` training batches (CUDA context, cuDNN/kernel selection, compile,
+allocator growth) are run but left out of `steady_state`; its samples/s is what the epoch and plan
+estimates (mmbench.rehearsal.estimate) use. Loss terms: every logged value whose name is a loss
+(LOSS_TERM) must be non-zero on at least one batch; a term that stays exactly 0 (a branch that never
+fires, a weight that zeroes it, a mask that hides every example) fails the rehearsal.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import resource
 import tempfile
 import time
@@ -33,6 +40,9 @@ from mmbench.errors import MmbenchError
 # examples kept per split: at least a few whole groups for methods that group examples (5 captions
 # per image, several targets per tweet), else batch × steps
 MIN_EXAMPLES = 10
+# logged names that are loss terms: "loss", "*_loss", "loss_*", "ce", "l_*" (e.g. SPP-SCL's l_clm);
+# other logs (learning rates, weights, counts, hypergradients) may legitimately be 0
+LOSS_TERM = re.compile(r"(^|_)loss($|_)|^ce$|^l_")
 MEASURED = ("data = producing a batch; backward = inside step.backward; optimizer = inside step.optimizer_step "
             "(clip + update + schedule); forward = the rest of train_step (incl. any autograd.grad a method calls)")
 
@@ -70,6 +80,21 @@ class WatchedStep(StepControl):
         self.stepped[name] = self.stepped.get(name, 0) + 1
 
 
+class LossTerms:
+    """Which logged loss terms (LOSS_TERM) were non-zero on at least one batch."""
+
+    def __init__(self):
+        self.nonzero: dict[str, bool] = {}
+
+    def update(self, logs: dict[str, float]) -> None:
+        for key, value in logs.items():
+            if LOSS_TERM.search(key):
+                self.nonzero[key] = self.nonzero.get(key, False) or value != 0.0
+
+    def zero(self) -> list[str]:
+        return sorted(k for k, nonzero in self.nonzero.items() if not nonzero)
+
+
 @contextmanager
 def _environment(**values: str) -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in values}
@@ -97,20 +122,23 @@ def _parameters(model: torch.nn.Module) -> dict:
 
 def rehearse(recipe: str, steps: int = 2, batch: int | None = None, device: str | None = None,
              precision: str | None = None, width_scale: float = 1.0, overrides: list[str] | None = None,
-             start_epoch: int = 0, max_batches: int | None = None, seed: int = 0) -> dict:
-    """Run `steps` optimiser steps of every optimiser of the recipe's method (stopping after
-    `max_batches` training batches, default 25 × steps) and one evaluation batch; returns the report."""
+             start_epoch: int = 0, max_batches: int | None = None, seed: int = 0, warmup: int = 0) -> dict:
+    """Run `warmup` + `steps` optimiser steps of every optimiser of the recipe's method (stopping after
+    `max_batches` training batches, default 25 × (warmup + steps)) and one evaluation batch; returns the
+    report. The first `warmup` batches are left out of the steady-state timing."""
     from mmbench.recipes.loader import resolve
     from mmbench.rehearsal.data import prepare_real_shapes, recipe_datasets
     from mmbench.rehearsal.weights import RandomWeights
 
     if steps < 1:
         raise MmbenchError(f"--steps {steps}: at least 1")
+    if warmup < 0:
+        raise MmbenchError(f"--warmup {warmup}: at least 0")
     if not 0 < width_scale <= 1:
         raise MmbenchError(f"--width-scale {width_scale}: expected 0 < scale ≤ 1")
     probe = resolve(recipe, list(overrides or []))
     batch = batch or probe.recipe.train.batch_size
-    subset = max(batch * steps, MIN_EXAMPLES)
+    subset = max(batch * (steps + warmup), MIN_EXAMPLES)
     fixed = [f"train.batch_size={batch}", f"data.subset={subset}", "data.synthetic=true"]
     if probe.recipe.train.eval_batch_size:
         fixed.append(f"train.eval_batch_size={batch}")
@@ -126,14 +154,19 @@ def rehearse(recipe: str, steps: int = 2, batch: int | None = None, device: str 
             data_seconds = time.perf_counter() - data_started
             weights = RandomWeights(root / "models", width_scale)
             with weights.active():
-                report = _run(resolved, seed, device, steps, start_epoch, max_batches or 25 * steps, root / "run")
+                report = _run(resolved, seed, device, steps + warmup, start_epoch, max_batches or 25 * (steps + warmup),
+                              root / "run", warmup)
+    from mmbench.rehearsal.estimate import estimate
+
+    report["estimate"] = estimate(resolved, report["steady_state"]["samples_per_s"])
     report.update(recipe=recipe, overrides=list(overrides or []), requested_batch=batch, width_scale=width_scale,
                   encoders=weights.built, datasets={k: v["counts"] for k, v in prepared.items()},
                   prepare_seconds=round(data_seconds, 2))
     return report
 
 
-def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, max_batches: int, run_dir: Path) -> dict:
+def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, max_batches: int, run_dir: Path,
+         warmup: int = 0) -> dict:
     from mmbench.engine.optim import build_optimizer, build_scheduler
     from mmbench.engine.trainer import build_session
 
@@ -156,6 +189,8 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
     seconds = {"data": 0.0, "forward": 0.0}
     losses_finite, last_logs, batches, examples = True, {}, 0, 0
     seen: dict[str, list[float]] = {}  # every logged value by key: ranges and shares, not only the last batch
+    per_batch_seconds: list[tuple[int, float]] = []  # (examples, seconds) of every training batch
+    loss_terms = LossTerms()
     epoch = start_epoch
     model.train()
     while batches < max_batches and min((step.stepped.get(n, 0) for n in method.optimizer_names), default=steps) < steps:
@@ -176,12 +211,16 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
             logs = method.train_step(model, batch, step)
             sync()
             seconds["forward"] += time.perf_counter() - t1 - (step.seconds["backward"] + step.seconds["optimizer"] - inner)
+            done = time.perf_counter()
             losses_finite &= all(math.isfinite(float(v)) for v in logs.values())
             last_logs = {k: float(v) for k, v in logs.items()}
             for key, value in last_logs.items():
                 seen.setdefault(key, []).append(value)
+            loss_terms.update(last_logs)
             batches += 1
-            examples += _batch_size(batch, train.batch_size)
+            size = _batch_size(batch, train.batch_size)
+            examples += size
+            per_batch_seconds.append((size, done - t0))
             if min(step.stepped.get(n, 0) for n in method.optimizer_names) >= steps:
                 break
         epoch += 1
@@ -203,6 +242,7 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
               {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
     unstepped = [n for n in method.optimizer_names if step.stepped.get(n, 0) < steps]
     finite = {"losses": losses_finite and step.loss_finite, "gradients": step.grad_finite, "predictions": finite_predictions}
+    zero_terms = loss_terms.zero()
     return {
         "method": resolved.recipe.method, "device": str(ctx.device),
         "precision": str(ctx.autocast_dtype).replace("torch.", "") if ctx.autocast_dtype else "fp32",
@@ -221,8 +261,19 @@ def _run(resolved, seed: int, device: str | None, steps: int, start_epoch: int, 
         # min / mean / max of each logged key over the steps that logged it (a 0/1 flag's mean is its share)
         "log_ranges": {k: {"n": len(v), "min": min(v), "mean": sum(v) / len(v), "max": max(v)} for k, v in seen.items()},
         "finite": finite,
-        "ok": all(finite.values()) and not unstepped,
+        "steady_state": steady_state(per_batch_seconds, warmup),
+        "loss_terms": sorted(loss_terms.nonzero), "zero_loss_terms": zero_terms,
+        "ok": all(finite.values()) and not unstepped and bool(loss_terms.nonzero) and not zero_terms,
     }
+
+
+def steady_state(per_batch: list[tuple[int, float]], warmup: int) -> dict:
+    """samples/s over the batches after the first `warmup` (None when none is left)."""
+    kept = per_batch[warmup:]
+    seconds = sum(s for _, s in kept)
+    return {"warmup_batches": min(warmup, len(per_batch)), "batches": len(kept),
+            "samples_per_s": round(sum(n for n, _ in kept) / seconds, 3) if kept and seconds > 0 else None,
+            "seconds_per_batch": round(seconds / len(kept), 4) if kept else None}
 
 
 def _batch_size(batch, default: int) -> int:
