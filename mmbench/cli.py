@@ -222,7 +222,7 @@ def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbe
            out: Optional[Path] = typer.Option(None, help="write <paper>.<ext> files (and sweep PNGs) into this folder")):
     """Render a paper's tables from finished runs: ours, the paper's value, Δ and a verdict from the seeds."""
     from mmbench.recipes.loader import paper_names
-    from mmbench.report.tables import render
+    from mmbench.report.tables import no_runs_warning, render
     from mmbench.results.store import atomic_write_text
 
     if format not in ("md", "latex", "csv"):
@@ -241,27 +241,9 @@ def report(paper: Optional[str] = typer.Argument(None, help="paper id (see `mmbe
             typer.echo(f"wrote {target}")
         else:
             typer.echo(rendered.text)
-        if not no_runs:
-            _say_if_no_runs(name, smoke)
-
-
-def _say_if_no_runs(paper: str, smoke: bool) -> None:
-    """A table with no finished run: one line on stderr saying where report looked, and whether runs of
-    the other kind (smoke / full) exist there."""
-    from mmbench.paths import runs_root
-    from mmbench.recipes.loader import load_paper
-    from mmbench.results.store import find_runs
-
-    names = {row.recipe.format(dataset=c.dataset) for t in load_paper(paper).tables for row in t.rows if row.recipe
-             for c in t.columns}
-    runs = [r for r in find_runs(warn=lambda message: None) if r.get("recipe") in names]
-    if any(bool(r.get("smoke")) == smoke for r in runs):
-        return
-    other = len(runs)
-    hint = (f"; {other} smoke run(s) exist there: add --smoke" if other and not smoke else
-            f"; {other} full run(s) exist there: drop --smoke" if other else "")
-    typer.echo(f"warning: no finished {'smoke ' if smoke else ''}runs of {paper}'s tables under {runs_root()} "
-               f"(MMBENCH_RUNS){hint}", err=True)
+        warning = None if no_runs else no_runs_warning(name, smoke)
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()

@@ -38,7 +38,10 @@ def batch_samples(batch) -> int:
     return 1
 
 
-class _Progress:
+class Progress:
+    """A rich progress bar on a terminal, else a log line every MMBENCH_PROGRESS seconds (the one
+    progress display of mmbench: training epochs, DCPA's blocked evaluation)."""
+
     def __init__(self, total: int, label: str, log: Callable[[str], None], enabled: bool):
         self.total, self.label, self.log = total, label, log
         self.every = float(os.environ.get(PROGRESS_ENV, "60") or 60)
@@ -78,7 +81,7 @@ class EpochMeter:
         self.world_size = world_size
         self.steps = self.samples = 0
         self.wait = self.seconds = 0.0
-        self.progress = _Progress(total_steps, label, log, progress)
+        self.progress = Progress(total_steps, label, log, progress)
         if self.device is not None:
             torch.cuda.reset_peak_memory_stats(self.device)
 

@@ -269,3 +269,19 @@ def plan(paper_name: str, dataset: str | None, smoke: bool) -> list[ResolvedReci
                     seen.add(key)
                     out.append(resolved)
     return out
+
+
+def no_runs_warning(paper: str, smoke: bool) -> str | None:
+    """A paper with no finished run: one line saying where report looked, and whether runs of
+    the other kind (smoke / full) exist there."""
+    from mmbench.paths import runs_root
+
+    names = {row.recipe.format(dataset=c.dataset) for t in load_paper(paper).tables for row in t.rows if row.recipe
+             for c in t.columns}
+    runs = [r for r in find_runs(warn=lambda message: None) if r.get("recipe") in names]
+    if any(bool(r.get("smoke")) == smoke for r in runs):
+        return None
+    other = len(runs)
+    hint = (f"; {other} smoke run(s) exist there: add --smoke" if other and not smoke else
+            f"; {other} full run(s) exist there: drop --smoke" if other else "")
+    return f"no finished {'smoke ' if smoke else ''}runs of {paper}'s tables under {runs_root()} (MMBENCH_RUNS){hint}"

@@ -19,10 +19,13 @@ bf16 rounding of the layers (tested).
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
+
+from mmbench.engine.throughput import Progress
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -74,11 +77,7 @@ def blocked_all_pairs(
     # column j of `out` holds caption order[j] until the final reordering
     out = tuple(torch.empty(n_images, n_captions, dtype=torch.float32, device=where) for _ in range(n_outputs))
     n_blocks = -(-n_images // image_block) * -(-n_captions // caption_block)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_blocks, desc=desc, unit="block", leave=False)
+    bar, started, done, pairs = Progress(n_blocks, desc, log=lambda line: None, enabled=progress), time.perf_counter(), 0, 0
     for c0 in range(0, n_captions, caption_block):
         c1 = min(n_captions, c0 + caption_block)
         captions = encode_captions(order[c0:c1].tolist())
@@ -86,10 +85,9 @@ def blocked_all_pairs(
             i1 = min(n_images, i0 + image_block)
             for matrix, block in zip(out, score_block(i0, i1, captions)):
                 matrix[i0:i1, c0:c1] = block.to(where, torch.float32)  # reference: one host copy a block
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            done, pairs = done + 1, pairs + (i1 - i0) * (c1 - c0)
+            bar.update(done, pairs, time.perf_counter() - started)  # the rate it shows is pairs/s
+    bar.close()
     if caption_order is None:
         return tuple(matrix.cpu() for matrix in out)
     file_order = torch.empty_like(order)
