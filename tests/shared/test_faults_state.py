@@ -145,6 +145,17 @@ def test_sigterm_to_the_gpus_launcher_stops_its_workers(mm_env, monkeypatch):
                 os.kill(pid, signal.SIGKILL)
 
 
+def _signal_when_ready(proc, ready, sig) -> None:
+    """Send `sig` once the child has written `ready`, wait for it to end (killing it if it does not)."""
+    try:
+        _wait_for(ready.exists, proc)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _prepare_killed(tmp_path: Path, moment: str, sig: int) -> tuple[Path, bytes]:
     """A first prepare of twitter15 into `out` (the old output), then a second one in a subprocess
     that is sent `sig` at `moment`: `filling` (its temp folder half written) or `swap` (the old output
@@ -169,13 +180,7 @@ def _prepare_killed(tmp_path: Path, moment: str, sig: int) -> tuple[Path, bytes]
               f"{pause}\nfrom mmbench.data.prepare import prepare\n"
               f"prepare('twitter15', Path({str(raw)!r}), None, Path({str(out)!r}), allow_count_mismatch=True)\n")
     proc = _python(script, {"MMBENCH_DATA": str(tmp_path / "data")})
-    try:
-        _wait_for(ready.exists, proc)
-        proc.send_signal(sig)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _signal_when_ready(proc, ready, sig)
     assert list(out.parent.glob(".twitter15.*")), "the killed prepare left no hidden folder: the case tests nothing"
     return out, old_manifest
 
@@ -205,13 +210,7 @@ def test_a_synthetic_raw_folder_cut_short_is_rebuilt(sig, tmp_path, monkeypatch)
               f"        Path({str(ready)!r}).write_text('x')\n        time.sleep(120)\n    return real(*a, **k)\n"
               f"t.write_txt = patched\nfrom mmbench.data.prepare import load_prepared\nload_prepared('twitter15', synthetic=True)\n")
     proc = _python(script, {"MMBENCH_DATA": str(data)})
-    try:
-        _wait_for(ready.exists, proc)
-        proc.send_signal(sig)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _signal_when_ready(proc, ready, sig)
     monkeypatch.setenv("MMBENCH_DATA", str(data))
     dataset, manifest = load_prepared("twitter15", synthetic=True)
     assert manifest["counts"]["test"] > 0 and len(dataset["train"]) == manifest["counts"]["train"]

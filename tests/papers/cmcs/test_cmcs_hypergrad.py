@@ -9,14 +9,7 @@ import torch.nn.functional as F
 
 from mmbench.papers.cmcs.hypergrad import implicit_hypergradient, neumann_inverse_hvp
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exactness checks in float64, restored afterwards (other tests' models are float32)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/papers/cmcs/conftest.py
 
 
 def ridge_problem(seed: int = 0, n: int = 40, d: int = 6):

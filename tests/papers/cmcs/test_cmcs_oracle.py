@@ -13,14 +13,7 @@ from mmbench.papers.cmcs.hypergrad import power_lambda_max, power_lambda_min
 from mmbench.papers.cmcs.oracle import agreement, implicit_estimate, sgd_lower_steps, unrolled_hypergradient
 from mmbench.papers.cmcs.oracle_cases import head_case, transformer_case
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """The oracle differences two dev losses ~1e-5 apart: float64, restored afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/papers/cmcs/conftest.py
 
 
 def recipe_values() -> dict:
