@@ -130,15 +130,20 @@ def _lr_factors(cfg: ScheduleCfg, total: int, per_epoch: int) -> list[float]:
     return factors
 
 
-def test_library_schedules_compute_the_recipes_curves():
-    # linear_warmup = HF Trainer's schedule for warmup_ratio 0.1: ceil(0.1 × 95) = 10 warm-up steps from 0
-    warm = _lr_factors(ScheduleCfg(name="linear_warmup", warmup_ratio=0.1), 95, 10)
-    assert warm[:2] == pytest.approx([0.0, 0.1]) and warm[10] == pytest.approx(1.0)
-    assert warm[50] == pytest.approx(45 / 85) and warm[-1] == pytest.approx(1 / 85)
-    assert _lr_factors(ScheduleCfg(name="linear_warmup"), 4, 2) == pytest.approx([1, 0.75, 0.5, 0.25])  # no warm-up
-    # step: ×gamma every step_size epochs, whatever the steps per epoch
+def test_step_schedule_is_torchs_steplr_per_epoch_and_linear_warmup_differs_from_hf_only_in_warmup():
     step = _lr_factors(ScheduleCfg(name="step", step_size=2, gamma=0.5), 50, 10)
     assert step[::10] == pytest.approx([1, 1, 0.5, 0.5, 0.25]) and step[19:21] == pytest.approx([1, 0.5])
+    from transformers import get_linear_schedule_with_warmup
+
+    ours = _lr_factors(ScheduleCfg(name="linear_warmup", warmup_ratio=0.1), 100, 10)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hf, theirs = get_linear_schedule_with_warmup(opt, 10, 100), []
+    for _ in range(100):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        hf.step()
+    assert ours[:10] == pytest.approx([(s + 1) / 10 for s in range(10)]) and theirs[:10] == pytest.approx([s / 10 for s in range(10)])
+    assert ours[10:] == pytest.approx(theirs[10:])  # identical decay after the warm-up
 
 
 def test_hand_written_schedules():
@@ -146,6 +151,8 @@ def test_hand_written_schedules():
     assert schedule_factor(cosine, 0, 100, 10) == 1.0
     assert schedule_factor(cosine, 10, 100, 10) == pytest.approx(0.5)
     assert schedule_factor(cosine, 20, 100, 10) == 1.0  # restart
+    warm = ScheduleCfg(name="linear_warmup", warmup_ratio=0.1)
+    assert [schedule_factor(warm, s, 100, 10) for s in (0, 9, 55)] == pytest.approx([0.1, 1.0, 0.5])
     bert = ScheduleCfg(name="bert_warmup_linear", warmup_ratio=0.1, t_total=50)  # x = step/50
     assert [schedule_factor(bert, s, 999, 10) for s in (0, 2, 5, 25, 50, 55)] == pytest.approx([0, 0.4, 0.9, 0.5, 0, -0.1])
 

@@ -5,7 +5,6 @@ recipe's warm-up/decay schedule, and β = 0 trains differently from β > 0."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -139,9 +138,8 @@ def test_pixels_follow_vit_normalisation_and_missing_image_policy(tmp_path):
 
 def test_the_optimiser_sees_the_recipes_warmup_and_decay_horizon(tmp_path, monkeypatch):
     """'Warmup decay of 0.1' (recipe: linear_warmup, warmup_ratio 0.1 over train.epochs): at every step
-    the optimiser's lr is base · s/W during warm-up (HF Trainer's schedule: 0 at the first step), then
-    base · (T − s)/(T − W), with T = epochs × steps per epoch of THIS run and W = ⌈0.1·T⌉ (as HF
-    TrainingArguments rounds a warm-up ratio); early stopping does not shorten T."""
+    the optimiser's lr is base · (s+1)/W during warm-up, then base · (T − s)/(T − W), with T = epochs ×
+    steps per epoch of THIS run and W = ⌊0.1·T⌋; early stopping does not shorten T."""
     from mmbench.papers.dtca.method import DTCA
 
     seen = []
@@ -158,8 +156,8 @@ def test_the_optimiser_sees_the_recipes_warmup_and_decay_horizon(tmp_path, monke
     result = fit(resolved, seed=0, root=tmp_path / "runs", log=lambda _: None)
     per_epoch = -(-result["examples"]["train"] // resolved.recipe.train.batch_size)
     total, base = per_epoch * resolved.recipe.train.epochs, resolved.recipe.train.optimizers["main"].lr
-    warmup = math.ceil(0.1 * total)
-    expected = [base * (s / warmup if s < warmup else (total - s) / (total - warmup)) for s in range(len(seen))]
+    warmup = int(0.1 * total)
+    expected = [base * ((s + 1) / warmup if s < warmup else (total - s) / (total - warmup)) for s in range(len(seen))]
     assert len(seen) == per_epoch * result["epochs_run"] and warmup >= 2
     assert seen == pytest.approx(expected, rel=1e-12)
     assert max(seen) == pytest.approx(base)
