@@ -162,3 +162,8 @@ class Method:
         """Warnings about a finished epoch, given its model-selection metrics (logged by the trainer and
         kept in that epoch's log row), e.g. a model that has not left chance level."""
         return []
+
+    def on_resume(self, history: list[dict]) -> None:
+        """Called once when a run resumes, with the log rows of the epochs already trained (as in
+        log.jsonl): a method that keeps state across epochs outside the checkpoint rebuilds it here, so
+        a resumed run logs what the uninterrupted one does."""

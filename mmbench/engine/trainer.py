@@ -222,6 +222,8 @@ def _fit_locked(resolved, seed: int, out: Path, resume: bool, device: str | None
         log(f"resumed {out} after epoch {loop['epoch']} of {train.epochs}")
     # the log is rebuilt from last.pt, which carries it: a row no checkpoint backs never survives
     history = loop.pop("history")
+    if history:
+        method.on_resume(history)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         store.atomic_write_text(out / "recipe.yaml", _yaml(resolved))

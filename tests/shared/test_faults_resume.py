@@ -47,6 +47,7 @@ def _comparable(run: Path) -> dict[str, object]:
         metrics.pop(key, None)
     for key in ("git_commit", "git_dirty"):  # other work in the checkout may commit between two runs
         metrics["environment"].pop(key, None)
+    metrics.get("checkpoints", {}).pop("peak_bytes", None)  # a measurement of this process's files, like timing
     log = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "throughput")} for line in (run / "log.jsonl").read_text().splitlines()]
     return {"metrics.json": metrics, "log.jsonl": log,
             **{name: (run / name).read_bytes() for name in COMPARED if name.startswith("predictions")}}

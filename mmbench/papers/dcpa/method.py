@@ -261,8 +261,9 @@ class DCPA(Method):
         (600 − start). Stage 1 starts from random scores (chance_rsum's expected RSUM): (b) catches a
         collapse to near chance, (a) a model that does not move even where chance is noisy (few dev
         images). Stage 2 starts from the best stage-1 dev RSUM (Intra-PAM alone, which stage 2 reloads):
-        an Inter-PAM that adds nothing is not learning. Stage 1 not seen in this process
-        (`stage1_checkpoint`, a resumed run): stage 2 is judged by (a) only."""
+        an Inter-PAM that adds nothing is not learning. Stage 1 not run in this run dir
+        (`stage1_checkpoint`): stage 2 is judged by (a) only. A resumed run reads the RSUMs of the epochs
+        it already trained from the log (`on_resume`)."""
         if "rsum" not in metrics:
             return []
         history = self._stage_rsum.setdefault(self.stage, [])
@@ -289,6 +290,12 @@ class DCPA(Method):
                 "or 2 starts each stage on all negatives." if cfg.max_violation else "")
         return [f"stage {self.stage} not learning: {split} RSUM {max(history):.1f} after {len(history)} epochs, "
                 f"{' and '.join(reasons)}.{hint}"]
+
+    def on_resume(self, history: list[dict]) -> None:
+        split = self.recipe.train.select_split
+        for row in history:  # the per-stage dev RSUMs of the "not learning" check, as epoch_warnings kept them
+            if "rsum" in (row.get(split) or {}):
+                self._stage_rsum.setdefault(int(row["train"].get("stage", 1)), []).append(row[split]["rsum"])
 
     # -- evaluation -----------------------------------------------------------------------------
     def eval_blocks(self) -> tuple[int, int]:
