@@ -71,3 +71,9 @@ def pytest_sessionfinish(session):
 
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         Path(folder, f"times-{worker}.json").write_text(json.dumps(_TIMES))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first (stable otherwise): with two xdist workers stealing work, the long ones start at
+    once and the short ones fill the gaps, instead of one long test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
