@@ -77,3 +77,13 @@ def pytest_collection_modifyitems(config, items):
     """Slow tests first (stable otherwise): with two xdist workers stealing work, the long ones start at
     once and the short ones fill the gaps, instead of one long test running alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture
+def float64():
+    """The default dtype float64 for one test, restored afterwards (exactness and finite-difference
+    checks: the CMCS oracle differences two dev losses ~1e-5 apart; other tests' models are float32)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

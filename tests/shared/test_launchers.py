@@ -261,7 +261,7 @@ def test_a_slurm_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_met
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = next((mm_env / "runs").glob("*/*/*/seed0-*"))
     logs = "".join(p.read_text() for p in (run_dir / "slurm").glob("*_log.out"))
-    assert "requeued (time limit or preemption)" in logs and "resumed" in logs and "at epoch 1" in logs, logs[-3000:]
+    assert "requeued (time limit or preemption)" in logs and "resumed" in logs and "after epoch 1 of" in logs, logs[-3000:]
     launch = json.loads((run_dir / "launch.json").read_text())
     assert launch["state"] == "done" and launch["options"]["time"] == 2
 

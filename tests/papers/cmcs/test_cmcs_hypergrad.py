@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mmbench.papers.cmcs.hypergrad import implicit_hypergradient, neumann_inverse_hvp
 
-pytestmark = pytest.mark.usefixtures("float64")  # tests/papers/cmcs/conftest.py
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def ridge_problem(seed: int = 0, n: int = 40, d: int = 6):

@@ -13,7 +13,7 @@ from mmbench.papers.cmcs.hypergrad import power_lambda_max, power_lambda_min
 from mmbench.papers.cmcs.oracle import agreement, implicit_estimate, sgd_lower_steps, unrolled_hypergradient
 from mmbench.papers.cmcs.oracle_cases import head_case, transformer_case
 
-pytestmark = pytest.mark.usefixtures("float64")  # tests/papers/cmcs/conftest.py
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def recipe_values() -> dict:
