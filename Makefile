@@ -32,7 +32,7 @@ test: install
 	$(BIN)/mmbench validate
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
-# The golden rows alone under AVX2 with two threads (also part of `make test`).
+# The golden rows the portable check needs, under AVX2 with two threads (also part of `make test`).
 test-portable: install
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests/shared/test_goldens.py -k "another_platform"
 

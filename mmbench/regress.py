@@ -94,34 +94,70 @@ def _run_rows_here(rows: list[tuple[str, list[str]]]) -> list[dict]:
     return results
 
 
-def _start(platform: dict, rows: list[tuple[str, list[str]]]):
-    proc = subprocess.Popen([sys.executable, "-m", "mmbench.regress"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, **platform}, text=True)
-    proc.stdin.write(json.dumps(rows))
-    proc.stdin.close()
-    proc.stdin = None  # so communicate() only drains stdout and stderr
-    return proc
+class PlatformWorker:
+    """A process under one platform's environment that runs smoke rows on request: rows go in as one JSON
+    line, results come back as one, so a series of checks pays torch's start-up (and the first run's
+    imports, ~6 CPU s) once instead of once a call. torch reads ATEN_CPU_CAPABILITY only at start-up,
+    which is why the rows run there and not here."""
 
+    def __init__(self, platform: dict, env: dict | None = None):
+        self.platform, self._env = platform, {**os.environ, **(env or {}), **platform}
+        self._proc: subprocess.Popen | None = None
+        self._stderr = None
+        self.ran_under: dict = {}  # what torch in the worker reported after the last call
 
-def _finish(platform: dict, proc) -> list[dict]:
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        tail = (err.strip().splitlines() or ["(no output)"])[-1]
-        raise MmbenchError(f"golden run under {platform} failed: {tail}")
-    return json.loads(out.strip().splitlines()[-1])
+    def _ensure_started(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty run cannot block
+            self._proc = subprocess.Popen([sys.executable, "-m", "mmbench.regress"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=self._stderr, env=self._env, text=True)
+        return self._proc
+
+    def run(self, rows: list[tuple[str, list[str]]]) -> list[dict]:
+        proc = self._ensure_started()
+        try:
+            proc.stdin.write(json.dumps(rows) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        reply = json.loads(line) if line.strip() else None
+        if not isinstance(reply, dict) or "error" in reply:
+            raise MmbenchError(f"golden run under {self.platform} failed: {reply['error'] if reply else self._last_error()}")
+        self.ran_under = reply["ran_under"]
+        return reply["results"]
+
+    def _last_error(self) -> str:
+        self._proc.wait()
+        self._stderr.seek(0)
+        return (self._stderr.read().strip().splitlines() or [f"exit status {self._proc.returncode}, no output"])[-1]
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait()
+        if self._stderr is not None:
+            self._stderr.close()
 
 
 def run_rows_under(platform: dict, rows: list[tuple[str, list[str]]]) -> list[dict]:
     """Smoke rows run in a fresh process under one platform's environment (one result per row)."""
-    return _finish(platform, _start(platform, rows))
+    worker = PlatformWorker(platform)
+    try:
+        return worker.run(rows)
+    finally:
+        worker.close()
 
 
 def _run_rows_on_every_platform(rows: list[tuple[str, list[str]]]) -> list[list[dict]]:
     """The first platform alone (it prepares synthetic data and feature caches, which are shared),
     then the others at once: they share the CPU, and only their results count."""
+    from concurrent.futures import ThreadPoolExecutor
+
     first = run_rows_under(PLATFORMS[0], rows)
-    rest = [(platform, _start(platform, rows)) for platform in PLATFORMS[1:]]
-    return [first] + [_finish(platform, proc) for platform, proc in rest]
+    with ThreadPoolExecutor(len(PLATFORMS) - 1) as pool:
+        rest = list(pool.map(lambda platform: run_rows_under(platform, rows), PLATFORMS[1:]))
+    return [first] + rest
 
 
 def update_goldens(paper: str, recipe_names: list[str], dataset: str | None, reason: str) -> Path:
@@ -138,6 +174,28 @@ def update_goldens(paper: str, recipe_names: list[str], dataset: str | None, rea
     return write_goldens(paper, entries, reason, replace_all=not recipe_names and dataset is None)
 
 
-if __name__ == "__main__":  # worker: rows as JSON on stdin, results as one JSON line on stdout
-    _rows = json.loads(sys.stdin.read())
-    print(json.dumps(_run_rows_here([(name, list(overrides)) for name, overrides in _rows])))
+def _serve() -> None:
+    """The worker side of PlatformWorker: a JSON list of rows per stdin line, `{"results": [...]}` (or
+    `{"error": ...}`) per stdout line, until stdin closes. What a run prints goes to stderr."""
+    import contextlib
+    import traceback
+
+    out = sys.stdout
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                reply = {"results": _run_rows_here([(name, list(overrides)) for name, overrides in json.loads(line)])}
+            import torch
+
+            reply["ran_under"] = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+        except Exception as exc:  # the caller raises it with the platform named
+            traceback.print_exc()
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -3,8 +3,8 @@
 # venv that reuses .venv's already installed torch & co. (a .pth line, so nothing is downloaded and
 # CI stays fast), then from an empty temporary directory check that every module of mmbench/ was
 # installed, run every command's --help and a width-1/16 rehearsal, list papers, recipes and
-# benchmarks, validate every recipe and render a smoke reproduction of ITM's Table 3.
-# Usage: bash scripts/check_wheel.sh   (CHECK_WHEEL_TABLE=all reproduces every ITM table: ~3x longer)
+# benchmarks, validate every recipe and render a smoke reproduction of SPP-SCL's Table 4.
+# Usage: bash scripts/check_wheel.sh   (CHECK_WHEEL_TABLE=all reproduces every SPP-SCL table)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BASE_PY=${BASE_PY:-$REPO/.venv/bin/python}
@@ -67,14 +67,16 @@ bench=$("$MM" bench | wc -l)
 [[ $bench -eq $expect_bench ]] || fail "bench lists $bench benchmarks, the repository has $expect_bench"
 "$MM" validate | grep -q "^ok: $expect_recipes recipes, $expect_papers papers" || fail "validate"
 
-table=(--table table3); [[ ${CHECK_WHEEL_TABLE:-table3} == all ]] && table=()
-out=$("$MM" reproduce itm --dataset twitter15 --smoke "${table[@]}" --device cpu)
-grep -q "Table 3: " <<<"$out" || fail "reproduce printed no Table 3"
-# Table 3's ITM row: its TWITTER-15 cells hold numbers (TWITTER-17 is another dataset: "not run")
-row=$(awk '/Table 3: /{t=1} t && /\| ITM \(ours\)/{print; exit}' <<<"$out")
-[[ $(cut -d'|' -f3 <<<"$row") =~ [0-9]+\.[0-9]+\ \(1\) ]] || fail "Table 3 has no ITM cell for TWITTER-15: $row"
-metrics=$(ls runs/itm/itm-twitter15/twitter15-smoke/seed*/metrics.json | head -1)
+# a whole table, prepare → train → report, from ./data and ./runs: SPP-SCL's Table 4 (two smoke runs, 8 CPU s;
+# ITM's Table 3 took 25 of the check's 57 CPU s); CHECK_WHEEL_TABLE=all reproduces every SPP-SCL table
+table=(--table table4); [[ ${CHECK_WHEEL_TABLE:-table4} == all ]] && table=()
+out=$("$MM" reproduce sppscl --dataset mvsa-single --smoke "${table[@]}" --device cpu)
+grep -q "Table 4: " <<<"$out" || fail "reproduce printed no Table 4"
+# Table 4's two-step row: its MVSA-S cells hold numbers (MVSA-M and HFM are other datasets: "not run")
+row=$(awk '/Table 4: /{t=1} t && /\| SPP-SCL \(Two-step\)/{print; exit}' <<<"$out")
+[[ $(cut -d'|' -f3 <<<"$row") =~ [0-9]+\.[0-9]+\ \(1\) ]] || fail "Table 4 has no two-step cell for MVSA-S: $row"
+metrics=$(ls runs/sppscl/mvsa-single/mvsa-single-smoke/seed*/metrics.json | head -1)
 [[ -d data/prepared ]] || fail "prepared data did not go to ./data"
 "$PY" -c 'import json, sys; e = json.load(open(sys.argv[1]))["environment"]; assert e["mmbench"] == sys.argv[2] and e["git_commit"] is None, e' \
     "$metrics" "$("$PY" -c 'import mmbench; print(mmbench.__version__)')" || fail "metrics.json environment"
-echo "check_wheel: ok ($(basename "$WHEEL"): $modules modules, $(wc -w <<<"$commands") commands' --help, rehearse at width 1/16, $papers papers, $expect_recipes recipes, $bench benchmarks, ITM Table 3 rendered from ./runs)"
+echo "check_wheel: ok ($(basename "$WHEEL"): $modules modules, $(wc -w <<<"$commands") commands' --help, rehearse at width 1/16, $papers papers, $expect_recipes recipes, $bench benchmarks, SPP-SCL Table 4 rendered from ./runs)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,19 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # set either way: an earlier run in this process must not leave its choice behind (train.deterministic)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    _use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def _use_deterministic_algorithms(mode: bool) -> None:
+    """torch.use_deterministic_algorithms(mode, warn_only=True) without importing torch._inductor (1.3 CPU s
+    in every training process) when nothing has yet: all the import is for is copying the flag into
+    inductor's config, and inductor reads the same flag from TORCHINDUCTOR_DETERMINISTIC when it is imported."""
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+        return
+    os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1" if mode else "0"
+    torch._C._set_deterministic_algorithms(mode, warn_only=True)
 
 
 def rng_state() -> dict:

@@ -29,6 +29,26 @@ def test_seed_zero_seeds():
     assert not torch.equal(a, torch.rand(3))
 
 
+def test_the_deterministic_flag_reaches_torch_and_an_inductor_imported_later():
+    """seed_everything skips importing torch._inductor (1.3 CPU s a process); a later import (torch.compile)
+    still sees the run's choice, and the next run's choice replaces it both ways."""
+    probe = """
+import sys, torch
+from mmbench.engine.runtime import seed_everything
+seed_everything(0, deterministic=True)
+assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+assert "torch._inductor.config" not in sys.modules
+import torch._inductor.config as inductor
+assert inductor.deterministic is True
+seed_everything(0, deterministic=False)
+assert not torch.are_deterministic_algorithms_enabled() and inductor.deterministic is False
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_DETERMINISTIC"})
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_training_is_deterministic_for_seed_zero_and_differs_for_seed_one(mm_env):
     first = fit(smoke(), 0, root=mm_env / "a", log=lambda m: None)

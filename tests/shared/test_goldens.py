@@ -2,18 +2,19 @@
 are portable (float64 smoke runs, bands measured across instruction sets and thread counts, see
 `mmbench.results.goldens`) and still sensitive; and no ablation row of a paper is dead.
 
-Every golden row runs twice in `make test`: in the test process (this CPU's native instruction set, one
-thread) and, one subprocess per paper, under `PORTABLE` (AVX2 kernels, two threads): the bands must hold
-on both, as on every platform they were derived on.
+Every golden row runs in the test process (this CPU's native instruction set, one thread), and the rows
+the portable check needs (`portable_entries`: every code path, every band the platforms set) run again in
+a worker process under `PORTABLE` (AVX2 kernels, two threads): the bands must hold on both, as on every
+platform they were derived on.
 """
 
 import copy
 
 import pytest
 
-from mmbench.recipes.loader import resolve
-from mmbench.regress import golden_rows, paper_datasets, run_golden, run_rows_under
-from mmbench.results.goldens import compare, golden_papers, load_goldens
+from mmbench.recipes.loader import parse_override, resolve
+from mmbench.regress import PlatformWorker, golden_rows, paper_datasets, run_golden
+from mmbench.results.goldens import FLOORS, SPREAD_FACTOR, band_for, compare, golden_papers, load_goldens
 
 PAPERS = ("itm", "dtca", "cmcs", "sppscl", "dcpa")
 ENTRIES = [(paper, entry) for paper in golden_papers() for entry in load_goldens(paper)["entries"]]
@@ -91,22 +92,70 @@ def _changed(entry: dict, override: str) -> dict:
 
 
 # The second platform every golden must hold on (one of those the bands were measured across,
-# mmbench.results.goldens.PLATFORMS): torch reads ATEN_CPU_CAPABILITY at start-up, so it runs in a
-# subprocess (mmbench.regress's worker), a few rows per process so that both test workers share them.
+# mmbench.results.goldens.PLATFORMS): torch reads ATEN_CPU_CAPABILITY at start-up, so the rows run in one
+# PlatformWorker process per test worker, started once and fed a row per test.
 # OMP_WAIT_POLICY=PASSIVE: the two OpenMP threads sleep instead of spinning while they wait (same
 # numbers; a spinning thread only burns the core the other test worker needs).
 PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MMBENCH_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
-ROWS_PER_PROCESS = 4
-CHUNKS = [(paper, i) for paper in PAPERS for i in range(0, len(load_goldens(paper)["entries"]), ROWS_PER_PROCESS)]
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_is_number(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _code_path(entry: dict) -> tuple:
+    """A row's recipe and its non-numeric overrides: sweep points (a loss weight, top-K, a batch size, the
+    seed list) of one recipe and switch set run the same modules and kernels with other numbers."""
+    return (entry["recipe"], tuple(sorted(o for o in entry["overrides"] if not _is_number(parse_override(o)[1]))))
+
+
+def _inside_floor(entry: dict) -> bool:
+    """Every band of the row is its floor: the platforms moved each metric by < 1/SPREAD_FACTOR of it."""
+    return all(golden["band"] <= band_for(key, [golden["value"]], SPREAD_FACTOR, FLOORS) for key, golden in entry["metrics"].items())
+
+
+def portable_entries(paper: str) -> list[dict]:
+    """The rows the portable check needs (issue 25): one per code path, the one with the fewest overrides,
+    plus every row whose bands the platforms set (spread × SPREAD_FACTOR above the floor). A left-out row is a
+    sweep point whose platform spread, measured on every platform by `regress --update`, sits 100× inside
+    its floor; its code path runs under PORTABLE through its representative, and the row itself runs natively."""
+    entries = load_goldens(paper)["entries"]
+    first: dict[tuple, dict] = {}
+    for entry in sorted(entries, key=lambda e: len(e["overrides"])):
+        first.setdefault(_code_path(entry), entry)
+    chosen = {id(e) for e in first.values()} | {id(e) for e in entries if not _inside_floor(e)}
+    return [e for e in entries if id(e) in chosen]
+
+
+PORTABLE_ENTRIES = [(paper, entry) for paper in PAPERS for entry in portable_entries(paper)]
+
+
+def test_the_portable_rows_cover_every_code_path_and_every_platform_set_band():
+    for paper in PAPERS:
+        entries, chosen = load_goldens(paper)["entries"], portable_entries(paper)
+        assert {_code_path(e) for e in chosen} == {_code_path(e) for e in entries}
+        assert all(e in chosen for e in entries if not e["overrides"])  # every recipe's own row
+        left_out = [e for e in entries if e not in chosen]
+        assert all(_inside_floor(e) and any(o for o in e["overrides"] if _is_number(parse_override(o)[1])) for e in left_out)
+    # the sweeps it leaves out: ITM's λ = 0 rows, DTCA's α/β points, DCPA's top-K and batch sizes
+    assert 45 <= len(PORTABLE_ENTRIES) < len(ENTRIES)
+
+
+@pytest.fixture(scope="session")
+def portable_worker(shared_data_root):
+    worker = PlatformWorker(PORTABLE, {"MMBENCH_DATA": str(shared_data_root)})
+    yield worker
+    worker.close()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("paper,first", CHUNKS, ids=[f"{p}:rows{i}-" for p, i in CHUNKS])
-def test_every_golden_stays_in_its_band_on_another_platform(paper, first, mm_env):
-    entries = load_goldens(paper)["entries"][first:first + ROWS_PER_PROCESS]
-    results = run_rows_under(PORTABLE, [(e["recipe"], list(e["overrides"])) for e in entries])
-    assert len(results) == len(entries)
-    drifts = [d for entry, result in zip(entries, results) for d in compare(paper, entry, result)]
+@pytest.mark.parametrize("paper,entry", PORTABLE_ENTRIES, ids=[_id(p, e) for p, e in PORTABLE_ENTRIES])
+def test_every_golden_stays_in_its_band_on_another_platform(paper, entry, portable_worker):
+    (result,) = portable_worker.run([(entry["recipe"], list(entry["overrides"]))])
+    assert portable_worker.ran_under == {"cpu_capability": "AVX2", "threads": 2}
+    drifts = compare(paper, entry, result)
     assert not drifts, f"under {PORTABLE}:\n" + "\n".join(map(str, drifts))
 
 

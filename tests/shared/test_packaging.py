@@ -108,7 +108,7 @@ def test_every_module_is_in_a_package_the_wheel_includes():
 
 @pytest.mark.slow
 def test_the_wheel_installs_and_runs_from_any_directory():
-    """Build the wheel, install it into a fresh venv, use it from a temp dir (77 s of CPU, README)."""
+    """Build the wheel, install it into a fresh venv, use it from a temp dir (25 CPU s here)."""
     result = subprocess.run(["bash", str(REPO / "scripts" / "check_wheel.sh")], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "check_wheel: ok" in result.stdout

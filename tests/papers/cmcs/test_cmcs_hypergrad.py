@@ -147,8 +147,18 @@ def test_power_scaled_neumann_matches_exact_implicit_gradient_at_realistic_curva
     hess = torch.autograd.functional.hessian(lambda t: lower(t, alpha.detach()), theta.detach())
     mixed = torch.autograd.functional.jacobian(
         lambda a: torch.autograd.grad(lower(theta, a), theta, create_graph=True)[0], alpha.detach())
-    exact = -float(v @ torch.linalg.pinv(hess, hermitian=True) @ mixed)
-    lam = float(torch.linalg.eigvalsh(hess).max())
+    # −vᵀ H⁺ m in the range of H (rank 64, the 32 examples' CE curvature): an orthonormal basis Q of it from
+    # H times 96 random vectors, checked to hold all of H, then H⁺ = Q (QᵀHQ)⁺ Qᵀ with pinv's cut-off
+    # (|λ| ≤ n·eps·λ_max of the full n × n matrix) — torch.linalg.pinv's value (within 1.1e-5 relative on
+    # seeds 0, 2, 7) in 0.13 CPU s instead of pinv's and eigvalsh's 5.5
+    basis, _ = torch.linalg.qr(hess @ torch.randn(hess.shape[0], 96, generator=torch.Generator().manual_seed(seed)))
+    inner = basis.T @ hess @ basis
+    assert torch.linalg.matrix_norm(basis @ inner @ basis.T - hess) < 1e-5 * torch.linalg.matrix_norm(hess)
+    eigenvalues, eigenvectors = torch.linalg.eigh(inner)
+    eigenvectors = basis @ eigenvectors
+    kept = eigenvalues.abs() > hess.shape[0] * torch.finfo(hess.dtype).eps * eigenvalues.abs().max()
+    exact = -float(((eigenvectors.T @ v) * (eigenvectors.T @ mixed))[kept].div(eigenvalues[kept]).sum())
+    lam = float(eigenvalues.max())
     assert 15 < lam < 60 and abs(exact) > 0.05 * float(v.norm() * mixed.norm()) / lam  # realistic, no cancellation
     info: dict = {}
     lower_grad = torch.autograd.grad(lower(theta, alpha), [theta], create_graph=True)
