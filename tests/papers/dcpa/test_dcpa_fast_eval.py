@@ -66,6 +66,7 @@ def test_batched_pair_kernel_equals_broadcast_at_paper_width(monkeypatch):
     assert not torch.equal(reference[0], reference[1])  # decoupled: two different matrices were compared
 
 
+@pytest.mark.slow  # 52 CPU s: 5M pairs through both paths
 def test_fast_and_reference_evaluation_rank_identically_on_1k_images_by_5k_captions():
     rng = np.random.default_rng(1)
     # small width (the paper-width equality is the test above), 5M pairs of 3–7 words (padding in every
