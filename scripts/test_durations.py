@@ -16,8 +16,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
     times: dict[str, list[float]] = {}
+    ends: dict[str, float] = {}
     for path in sorted(args.folder.glob("times-*.json")):
-        times.update(json.loads(path.read_text()))
+        worker = json.loads(path.read_text())
+        times.update({k: v[:2] for k, v in worker.items()})
+        ends[path.stem] = max((v[2] + v[0] for v in worker.values() if len(v) > 2), default=0.0)
     if not times:
         raise SystemExit(f"{args.folder}: no times-*.json (run pytest with MMBENCH_TEST_TIMES={args.folder})")
     rows = sorted(times.items(), key=lambda kv: -kv[1][1])
@@ -27,6 +30,8 @@ def main() -> None:
     wall, cpu = sum(w for w, _ in times.values()), sum(c for _, c in times.values())
     print(f"\n{len(times)} tests: {wall:.0f} s of test wall time, {cpu:.0f} CPU s "
           f"(≥ {cpu / 2 / 60:.1f} min on 2 cores)")
+    if len(ends) > 1 and all(ends.values()):
+        print(f"the last test of each worker ended {max(ends.values()) - min(ends.values()):.0f} s apart (idle core at the end)")
 
 
 if __name__ == "__main__":

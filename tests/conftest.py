@@ -41,7 +41,9 @@ def real_path(*parts: str) -> Path:
 
 # `make test-durations`: with MMBENCH_TEST_TIMES=DIR each test process (each xdist worker) writes the
 # wall and CPU seconds of every test it ran (CPU: this process and the subprocesses it waited for),
-# summed up by scripts/test_durations.py. CPU seconds are what two cores share, whatever else runs.
+# summed up by scripts/test_durations.py. CPU seconds are what two cores share, whatever else runs; the start
+# time shows how the two workers' queues ended. A long-lived child (the portable PlatformWorker) is counted
+# when it exits, at the last test of its test worker.
 _TIMES: dict[str, tuple[float, float]] = {}
 
 
@@ -59,9 +61,9 @@ def pytest_runtest_protocol(item, nextitem):
         return
     import time
 
-    cpu, wall = _cpu_seconds(), time.perf_counter()
+    cpu, wall, started = _cpu_seconds(), time.perf_counter(), time.time()
     yield
-    _TIMES[item.nodeid] = (time.perf_counter() - wall, _cpu_seconds() - cpu)
+    _TIMES[item.nodeid] = (time.perf_counter() - wall, _cpu_seconds() - cpu, started)
 
 
 def pytest_sessionfinish(session):
