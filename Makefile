@@ -48,7 +48,7 @@ test-durations: install
 	$(BIN)/python scripts/test_durations.py build/test-times --top 30
 
 # results/tables/*.md: every paper's tables rendered without runs (the paper's numbers, our recipes'
-# notes); tests/shared/test_tables_committed.py fails until they are regenerated after a recipe or
+# notes); tests/shared/test_tables_files.py fails until they are regenerated after a recipe or
 # paper.yaml change. Tables from your finished runs: `mmbench report --all --out DIR`.
 tables: install
 	$(BIN)/mmbench report --all --no-runs --out results/tables
