@@ -75,10 +75,24 @@ def pytest_sessionfinish(session):
         Path(folder, f"times-{worker}.json").write_text(json.dumps(_TIMES))
 
 
+# Slow tests that mostly wait on child processes (wall seconds well above CPU seconds: a Slurm job held
+# to its time limit, launchers, torchrun, the wheel and GPU-check scripts), longest first. They start
+# first, so their waiting overlaps the other worker's work instead of ending the session alone on one core.
+_WAITING = ("tests/shared/test_launchers.py::test_a_slurm_job_past_its_time_limit",
+            "tests/shared/test_launchers.py::test_gpus_launcher_runs_two_children",
+            "tests/shared/test_packaging.py::test_the_wheel_installs",
+            "tests/shared/test_launchers.py", "tests/shared/test_gpu_check.py", "tests/shared/test_engine.py::test_two_process")
+
+
+def _waiting_rank(nodeid: str) -> int:
+    return next((i for i, prefix in enumerate(_WAITING) if nodeid.startswith(prefix)), len(_WAITING))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first (stable otherwise): with two xdist workers stealing work, the long ones start at
-    once and the short ones fill the gaps, instead of one long test running alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Slow tests first, the waiting ones first of all (stable otherwise): with two xdist workers stealing
+    work, the long ones start at once and the short ones fill the gaps, instead of one long test running
+    alone at the end."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, _waiting_rank(item.nodeid)))
 
 
 @pytest.fixture
