@@ -26,10 +26,10 @@ demo: install
 		$(BIN)/mmbench reproduce itm --dataset twitter15 --smoke --skip-existing
 
 # Both cores: pytest-xdist, two workers that steal work from each other; the golden rows run in the
-# test process and again under another instruction set and thread count (tests/shared/test_goldens.py).
+# test process and again under another instruction set and thread count (tests/shared/test_goldens.py);
+# `mmbench validate` over every recipe is a test too (tests/shared/test_cli.py).
 PYTEST_PARALLEL ?= -n 2 --dist worksteal
 test: install
-	$(BIN)/mmbench validate
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 # The golden rows the portable check needs, under AVX2 with two threads (also part of `make test`).

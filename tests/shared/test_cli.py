@@ -13,6 +13,14 @@ def test_every_command_has_help(command):
     assert result.exit_code == 0 and "Usage" in result.stdout
 
 
+def test_validate_passes_on_every_built_in_recipe_and_paper():
+    """`mmbench validate` over everything (it ran before pytest in `make test`; here it shares the test
+    workers' imports and cores): every recipe resolves, plain and smoke, and every paper's plan."""
+    result = runner.invoke(app, ["validate"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("ok: ") and "recipes, 5 papers" in result.stdout
+
+
 def test_ls_lists_papers_recipes_datasets():
     assert "itm" in runner.invoke(app, ["ls", "papers"]).stdout
     assert "baselines/twitter15-bert" in runner.invoke(app, ["ls", "recipes"]).stdout
