@@ -99,28 +99,25 @@ MAX_YAML_NODES = 100_000
 _PLAIN = (str, int, float, bool, type(None))
 
 
-# Parsed recipes by (path, mtime, size): a plan resolves each of its rows, and every row re-reads the same
-# few bases (pure-Python YAML parsing was 14 of `mmbench validate`'s 19 s). A copy goes out, so a caller
-# may change what it gets; an edited file has a new mtime or size and is parsed again.
-_PARSED: dict[tuple[str, int, int], dict[str, Any]] = {}
+# Parsed recipes by (path, text): a plan resolves each of its rows, and every row re-reads the same few
+# bases (pure-Python YAML parsing was 14 of `mmbench validate`'s 19 s). Reading the bytes is cheap; keying
+# on them (not on mtime) means an edit is always seen. A copy goes out, so a caller may change what it gets.
+_PARSED: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        stat = path.stat()
-    except OSError:
-        return _parse_yaml(path)  # _read_recipe_text says what is wrong with the path
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    text = _read_recipe_text(path)
+    key = (str(path), text)
     if key not in _PARSED:
         if len(_PARSED) > 512:
             _PARSED.clear()
-        _PARSED[key] = _parse_yaml(path)
+        _PARSED[key] = _parse_yaml(path, text)
     return copy.deepcopy(_PARSED[key])
 
 
-def _parse_yaml(path: Path) -> dict[str, Any]:
+def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
     try:
-        loader = yaml.SafeLoader(_read_recipe_text(path))
+        loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
             _check_expanded_size(path, node)

@@ -100,3 +100,15 @@ def test_smoke_overrides_apply_before_user_overrides():
     assert resolved.model_config.text_encoder == "tiny-bert"
     assert resolved.recipe.train.epochs == 1
     assert resolved.overrides == ["train.epochs=1"] and resolved.smoke
+
+
+def test_an_edited_recipe_is_read_again_and_a_parsed_copy_cannot_leak(recipes):
+    """read_yaml caches parses by the file's text: a same-size edit within one mtime tick is still seen,
+    and changing what one caller got does not change the next read."""
+    path = write(recipes / "demo" / "edit.yaml", "extends: _base.yaml\ntrain:\n  epochs: 1\n")
+    assert resolve("demo/edit").recipe.train.epochs == 1
+    path.write_text("extends: _base.yaml\ntrain:\n  epochs: 2\n")  # same size
+    assert resolve("demo/edit").recipe.train.epochs == 2
+    first = load_raw(path)
+    first["train"]["epochs"] = 99
+    assert load_raw(path)["train"]["epochs"] == 2
